@@ -1,0 +1,113 @@
+"""Command line: parse, build the request, call the orchestrator. Heavy imports happen inside commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from orchestrator.errors import UserError
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    """`--set key=value` pairs; values are read as YAML scalars (0.5 → float, true → bool, 16 → int)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set '{item}': expected key=value. Fix: write e.g. --set ood.ratio=0.5.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):
+            raise UserError(f"--set '{item}': the value must be a single number, word or true/false.")
+        out[key.strip()] = value
+    return out
+
+
+def _common(p: argparse.ArgumentParser, *, tracking: bool = True, storage: bool = True) -> None:
+    p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set train.epochs=2")
+    p.add_argument("--cache", help="cache folder for data, teachers and labels (default .semiovs/cache)")
+    if storage:
+        p.add_argument("--storage", help="Ray Tune/Train storage folder (default .semiovs/ray_results)")
+    if tracking:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                                              "sqlite:///mlflow.db in this folder)")
+    p.add_argument("--quiet", action="store_true", help="less output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py", description="SemiOVS experiment orchestrator on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sweep", help="run a Ray Tune sweep from a search-space file")
+    p.add_argument("--space", required=True, help="search-space YAML, e.g. search_spaces/smoke.yaml")
+    p.add_argument("--name", help="sweep name = MLflow experiment (default: the space's name)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: what the CPUs hold)")
+    _common(p)
+
+    p = sub.add_parser("train", help="one training run without Tune")
+    p.add_argument("--experiment", default="train", help="MLflow experiment name (default: train)")
+    _common(p)
+
+    p = sub.add_parser("label", help="pseudo-label the OOD corpus with the teacher (cached)")
+    _common(p, tracking=False, storage=False)
+
+    data = sub.add_parser("data", help="datasets: generate the benchmark, check a dataset")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = dsub.add_parser("synth", help="generate the `shapes` benchmark")
+    p.add_argument("--out", help="output folder (default: the cache, where sweeps look for it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _common(p, tracking=False, storage=False)
+    p = dsub.add_parser("check", help="report every problem in a dataset (exit 2 if any)")
+    p.add_argument("root", help="dataset root (holding JPEGImages/, SegmentationClass/, splits/)")
+    p.add_argument("--split", help="only this split's files")
+
+    teacher = sub.add_parser("teacher", help="the open-vocabulary teacher")
+    tsub = teacher.add_subparsers(dest="teacher_command", required=True, metavar="ACTION")
+    p = tsub.add_parser("fit", help="fit the benchmark's textseg teacher on the source corpus")
+    _common(p, tracking=False, storage=False)
+    p = tsub.add_parser("eval", help="teacher mIoU against ground truth on OOD images")
+    p.add_argument("--num-images", type=int, default=500, help="how many OOD images to score")
+    _common(p, tracking=False, storage=False)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the results (bound to 127.0.0.1)")
+    p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume a sweep with --resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from orchestrator import commands
+
+    handler = {
+        "sweep": commands.sweep, "train": commands.train, "label": commands.label, "ui": commands.ui,
+        ("data", "synth"): commands.data_synth, ("data", "check"): commands.data_check,
+        ("teacher", "fit"): commands.teacher_fit, ("teacher", "eval"): commands.teacher_eval,
+    }
+    sub = getattr(args, "data_command", None) or getattr(args, "teacher_command", None)
+    key = (args.command, sub) if sub else args.command
+    return handler[key](args)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str), flush=True)

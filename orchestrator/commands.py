@@ -1,0 +1,132 @@
+"""One function per CLI command: turn parsed arguments into a request, run it, print the outcome."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.cli import parse_sets, print_json
+from orchestrator.config import build_config
+from orchestrator.errors import UserError
+from orchestrator.paths import default_cache_root, resolve_root
+
+
+def _cache(args) -> Path:
+    return resolve_root(getattr(args, "cache", None), default_cache_root())
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import SweepRequest, run_sweep
+    from orchestrator.tracking import ui_link
+
+    outcome = run_sweep(SweepRequest(space=args.space, name=args.name, tracking_uri=args.tracking_uri,
+                                     storage=args.storage, cache=args.cache, resume=args.resume,
+                                     max_concurrent=args.max_concurrent, overrides=parse_sets(args.sets),
+                                     quiet=args.quiet))
+    print(f"\nsweep '{outcome.name}' finished in {outcome.seconds:.0f} s\n")
+    print(outcome.table)
+    print(f"\nMLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}")
+    print(f"open it: python run.py ui --tracking-uri {outcome.tracking_uri}  →  "
+          f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}")
+    return 1 if any(r.status == "error" for r in outcome.rows) else 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from orchestrator.single_run import TrainRequest, run_single
+
+    print_json(run_single(TrainRequest(overrides=parse_sets(args.sets), experiment=args.experiment,
+                                       tracking_uri=args.tracking_uri, storage=args.storage, cache=args.cache,
+                                       quiet=args.quiet)))
+    return 0
+
+
+def label(args: argparse.Namespace) -> int:
+    from orchestrator.pseudo_labels import ensure_labels
+    from orchestrator.ray_runtime import init_ray
+
+    cfg = build_config(parse_sets(args.sets), "--set")
+    if cfg.ood.label_source != "teacher":
+        raise UserError("ood.label_source is not 'teacher': there is nothing to label. "
+                        "Fix: drop that --set, or set ood.label_source=teacher.")
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    init_ray(quiet=args.quiet)
+    print_json(ensure_labels(cfg, _cache(args), say).summary())
+    return 0
+
+
+def data_synth(args: argparse.Namespace) -> int:
+    from orchestrator.data.shapes import ensure_shapes, generate_shapes
+    from orchestrator.data_plan import shapes_spec
+
+    overrides = {**parse_sets(args.sets), "data.seed": args.seed}
+    spec = shapes_spec(build_config(overrides, "--set"))
+    try:
+        if args.out:
+            manifest = generate_shapes(spec, args.out, overwrite=args.overwrite)
+            root = Path(args.out).resolve()
+        else:
+            root = ensure_shapes(_cache(args), spec)
+            manifest = __import__("json").loads((root / "manifest.json").read_text())
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print_json({"root": str(root), "digest": manifest.get("digest"), "counts": manifest.get("counts")})
+    return 0
+
+
+def data_check(args: argparse.Namespace) -> int:
+    from orchestrator.data.check import check_dataset
+
+    problems = check_dataset(args.root, split=args.split)
+    for p in problems:
+        print(f"{p.path}: {p.kind}: {p.detail}")
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
+        return 2
+    print(f"no problems found in {args.root}")
+    return 0
+
+
+def teacher_fit(args: argparse.Namespace) -> int:
+    from orchestrator.data_plan import dataset_root
+    from orchestrator.pseudo_labels import ensure_fitted_teacher, fitted_textseg_path
+
+    cfg = build_config(parse_sets(args.sets), "--set")
+    if cfg.teacher.kind != "textseg":
+        raise UserError(f"teacher.kind={cfg.teacher.kind} is training-free; only textseg is fitted.")
+    root = dataset_root(cfg, _cache(args))
+    path = fitted_textseg_path(cfg, _cache(args), root)
+    existed = path.is_file()
+    ensure_fitted_teacher(cfg, _cache(args), root, print)
+    print_json({"checkpoint": str(path), "reused": existed})
+    return 0
+
+
+def teacher_eval(args: argparse.Namespace) -> int:
+    from orchestrator.teacher_eval import evaluate_on_ood
+
+    cfg = build_config(parse_sets(args.sets), "--set")
+    print_json(evaluate_on_ood(cfg, _cache(args), args.num_images))
+    return 0
+
+
+def ui(args: argparse.Namespace) -> int:
+    from orchestrator.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("http"):
+        print(f"{uri} is already a server: open it in a browser.")
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    from orchestrator.tracking import artifact_root_for
+
+    root = artifact_root_for(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    print(f"MLflow UI on http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning "
+          f"(Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0

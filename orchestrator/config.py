@@ -1,0 +1,263 @@
+"""Typed experiment configuration: defaults live here and nowhere else.
+
+A run's config is resolved in this order: dataclass defaults → the search-space file's `fixed:` →
+`--set key=value` → the trial's sampled values. Every key is a dotted path (`ood.ratio`); the flat form
+is what MLflow records as params and what search spaces and `--set` address.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from orchestrator.errors import ConfigError
+
+METHODS = ("supervised", "unimatch", "semiovs")
+LABEL_SOURCES = ("teacher", "self", "none")
+TEACHER_KINDS = ("textseg", "maskclip")
+DATASETS = ("shapes", "pascal", "pc60")
+STUDENT_ARCHS = ("unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101")
+
+
+def _require(ok: bool, key: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {problem}. Fix: {fix}.")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], key: str) -> None:
+    _require(value in allowed, key, f"'{value}' is not a valid value",
+             "use one of " + ", ".join(allowed))
+
+
+def _between(value: float, lo: float, hi: float, key: str) -> None:
+    _require(lo <= value <= hi, key, f"{value} is out of range", f"use a value in [{lo}, {hi}]")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes"     # which layout/class list: the generated benchmark, or real VOC / Context-60
+    root: str = ""              # "" = the generated `shapes` benchmark in the cache (made on first use)
+    split: str = "16"           # labeled split: number of labeled images ("16", "92") or a split name ("1_16")
+    splits_dir: str = ""        # folder holding <split>/labeled.txt and val.txt ("" = <root>/splits)
+    seed: int = 0               # generator seed of the `shapes` benchmark
+    image_size: int = 64        # `shapes` image side
+    crop_size: int = 64         # training crop (the paper uses 321 on VOC)
+    num_train: int = 2000       # `shapes`: ID train pool (labeled splits + unlabeled)
+    num_val: int = 300          # `shapes`: ID val images
+    num_ood: int = 4000         # `shapes`: OOD corpus images
+    num_source: int = 2000      # `shapes`: labeled source corpus (wide vocabulary) for fitting the teacher
+    distractor_share: float = 0.5  # `shapes`: share of OOD objects that are distractors
+    style_shift: float = 0.2    # `shapes`: low-level style difference of OOD images (0 = same as ID)
+    max_broken_share: float = 0.05  # stop when more than this share of a corpus cannot be read
+
+    def __post_init__(self):
+        _one_of(self.dataset, DATASETS, "data.dataset")
+        _require(bool(self.split), "data.split", "is empty", "name a split, e.g. 16")
+        _between(self.image_size, 32, 512, "data.image_size")
+        _between(self.crop_size, 16, 1024, "data.crop_size")
+        for key in ("num_train", "num_val", "num_ood", "num_source"):
+            _require(getattr(self, key) >= 1, f"data.{key}", "must be >= 1", "use a positive count")
+        _between(self.distractor_share, 0.0, 1.0, "data.distractor_share")
+        _between(self.style_shift, 0.0, 1.0, "data.style_shift")
+        _between(self.max_broken_share, 0.0, 1.0, "data.max_broken_share")
+        _require(self.dataset == "shapes" or bool(self.root), "data.root",
+                 f"is required for data.dataset={self.dataset}", "set data.root to the dataset folder")
+
+
+@dataclass
+class OODConfig:
+    root: str = ""              # OOD corpus: a folder of images or a list file; "" = the benchmark's ood/
+    ratio: float = 0.5          # share of each unlabeled batch drawn from the OOD corpus (0.5 = paper's 1:1)
+    num_images: int = 0         # subsample the corpus to this many images (0 = all)
+    label_source: str = "teacher"  # teacher = open-vocabulary pseudo-labels; self = the student's own; none
+    teacher_thresh: float = 0.0  # teacher pixels below this confidence are ignored (applied at read time)
+
+    def __post_init__(self):
+        _between(self.ratio, 0.0, 1.0, "ood.ratio")
+        _require(self.num_images >= 0, "ood.num_images", "is negative", "use 0 (all) or a positive count")
+        _one_of(self.label_source, LABEL_SOURCES, "ood.label_source")
+        _between(self.teacher_thresh, 0.0, 1.0, "ood.teacher_thresh")
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "textseg"       # textseg = the benchmark's fitted teacher; maskclip = open_clip ViT, training-free
+    pretrained: str = ""        # checkpoint file (or open_clip tag for maskclip); "" = fit/reuse the cached textseg
+    arch: str = "ViT-B-16"      # open_clip model name (maskclip)
+    templates: str = "single"   # single | imagenet80 prompt templates
+    resolution: int = 0         # teacher input side (0 = native image size)
+    sliding_window: bool = False
+    batch_size: int = 64        # images per teacher call
+    fit_steps: int = 600        # textseg fitting steps on the source corpus
+
+    def __post_init__(self):
+        _one_of(self.kind, TEACHER_KINDS, "teacher.kind")
+        _one_of(self.templates, ("single", "imagenet80"), "teacher.templates")
+        _require(self.resolution >= 0, "teacher.resolution", "is negative", "use 0 (native) or a size in pixels")
+        _require(self.batch_size >= 1, "teacher.batch_size", "must be >= 1", "use a positive batch size")
+        _require(self.fit_steps >= 1, "teacher.fit_steps", "must be >= 1", "use a positive number of steps")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "semiovs"     # supervised | unimatch | semiovs
+    conf_thresh: float = 0.95   # τ on the student's ID pseudo-labels
+    lambda_ood: float = 1.0     # λ: weight of the OOD loss; total = (L_x + L_u + λ L_ood) / (2 + λ)
+    epochs: int = 6
+    iters_per_epoch: int = 40   # 0 = one pass over the ID unlabeled set (the paper's epoch)
+    batch_size: int = 8         # labeled images per step (and ID unlabeled images per step for unimatch)
+    lr: float = 0.02
+    lr_multi: float = 1.0       # head lr multiplier (the paper: 10 with a pretrained backbone)
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    num_workers: int = 1        # Ray Train DDP workers; 0 = local mode (in the trial process, fastest here)
+    amp: bool = False           # mixed precision (GPU only)
+    sync_bn: bool = False       # SyncBatchNorm across DDP workers (GPU only)
+    max_failures: int = 1       # worker failures survived per trial (restart from the last checkpoint)
+
+    def __post_init__(self):
+        _one_of(self.method, METHODS, "train.method")
+        _between(self.conf_thresh, 0.0, 1.0, "train.conf_thresh")
+        _require(self.lambda_ood >= 0, "train.lambda_ood", "is negative", "use a value >= 0")
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1", "use a positive number of epochs")
+        _require(self.iters_per_epoch >= 0, "train.iters_per_epoch", "is negative", "use 0 (auto) or more")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1", "use a positive batch size")
+        _require(self.lr > 0, "train.lr", "must be > 0", "use a positive learning rate")
+        _require(self.num_workers >= 0, "train.num_workers", "is negative", "use 0 (local mode) or more")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "unet_small"
+    width: int = 16             # base channel count of unet_small
+    fp_dropout: float = 0.5     # Dropout2d of UniMatch's feature-perturbation branch
+    pretrained_backbone: str = ""  # local file with torchvision ResNet weights ("" = random init)
+
+    def __post_init__(self):
+        _one_of(self.arch, STUDENT_ARCHS, "model.arch")
+        _require(self.width >= 4, "model.width", "must be >= 4", "use a larger width")
+        _between(self.fp_dropout, 0.0, 0.95, "model.fp_dropout")
+
+
+@dataclass
+class ResourcesConfig:
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0   # > 0 selects nccl, AMP and SyncBN where enabled
+    trial_cpus: float = 0.5        # the Tune function that drives each trial's TorchTrainer
+    teacher_actors: int = 1        # Ray Data actor-pool size for pseudo-labeling (one per GPU on a cluster)
+    cpus_per_teacher: float = 1.0
+    gpus_per_teacher: float = 0.0
+
+    def __post_init__(self):
+        _require(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0", "use e.g. 1")
+        _require(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "is negative", "use 0 or more")
+        _require(self.trial_cpus > 0, "resources.trial_cpus", "must be > 0", "use e.g. 0.5")
+        _require(self.teacher_actors >= 1, "resources.teacher_actors", "must be >= 1", "use 1 or more")
+        _require(self.cpus_per_teacher >= 0, "resources.cpus_per_teacher", "is negative", "use 0 or more")
+        _require(self.gpus_per_teacher >= 0, "resources.gpus_per_teacher", "is negative", "use 0 or more")
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    ood: OODConfig = field(default_factory=OODConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    seed: int = 0
+
+    @property
+    def uses_teacher_labels(self) -> bool:
+        return self.train.method == "semiovs" and self.ood.label_source == "teacher" and self.ood.ratio > 0
+
+    @property
+    def uses_ood(self) -> bool:
+        return self.train.method == "semiovs" and self.ood.label_source != "none" and self.ood.ratio > 0
+
+
+# ---- flat <-> typed -------------------------------------------------------------------------------
+
+def _field_types() -> dict[str, type]:
+    """Dotted key → the Python type of its field."""
+    types: dict[str, type] = {}
+    for top in dataclasses.fields(ExperimentConfig):
+        section = top.default_factory() if top.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(section):
+            for f in dataclasses.fields(section):
+                types[f"{top.name}.{f.name}"] = type(getattr(section, f.name))
+        else:
+            types[top.name] = type(top.default)
+    return types
+
+
+CONFIG_KEYS: dict[str, type] = _field_types()
+
+
+def check_key(key: str, source: str) -> None:
+    """Raise a ConfigError naming `source` when `key` is not a config key, with the closest match."""
+    if key in CONFIG_KEYS:
+        return
+    close = difflib.get_close_matches(key, CONFIG_KEYS, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see the config keys in README.md."
+    section = key.split(".")[0]
+    same = sorted(k for k in CONFIG_KEYS if k.startswith(section + "."))
+    listing = f" Keys under '{section}': {', '.join(same)}." if same else ""
+    raise ConfigError(f"{source}: unknown config key '{key}'. Fix: {hint}{listing}")
+
+
+def coerce_value(key: str, value: Any, source: str) -> Any:
+    """Convert `value` to the type of config `key`, or raise a ConfigError naming key and source."""
+    check_key(key, source)
+    want = CONFIG_KEYS[key]
+    ok: Callable[[Any], bool]
+    if want is bool:
+        ok = lambda v: isinstance(v, bool)
+    elif want is int:
+        ok = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    elif want is float:
+        ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    else:  # str: numbers are fine as names (data.split: 16)
+        ok = lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    if not ok(value):
+        raise ConfigError(f"{source}: config key '{key}' expects {want.__name__}, got {value!r} "
+                          f"({type(value).__name__}). Fix: give a {want.__name__} value.")
+    return want(value)
+
+
+def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def build_config(overrides: dict[str, Any] | None = None, source: str = "config") -> ExperimentConfig:
+    """Defaults + dotted-key overrides → a validated ExperimentConfig (raises ConfigError)."""
+    values = flatten(ExperimentConfig())
+    for key, value in (overrides or {}).items():
+        values[key] = coerce_value(key, value, source)
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    classes = {f.name: f.default_factory for f in dataclasses.fields(ExperimentConfig)
+               if f.default_factory is not dataclasses.MISSING}
+    try:
+        built = {name: classes[name](**kwargs) for name, kwargs in sections.items()}
+        return ExperimentConfig(**built, **top)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def config_from_flat(flat: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Rebuild a config from its flat form (e.g. a trial's resolved params)."""
+    return build_config(flat, source)

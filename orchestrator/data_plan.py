@@ -1,0 +1,86 @@
+"""Which files a run trains on: the dataset split, the OOD corpus and the vocabulary (pure decisions + lookups).
+
+The embedded default (`data.dataset: shapes`, no `data.root`) is generated into the cache on first use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    root: str
+    labeled: tuple[tuple[str, str | None], ...]
+    unlabeled: tuple[tuple[str, str | None], ...]
+    val: tuple[tuple[str, str | None], ...]
+    ood: tuple[tuple[str, str], ...]        # (image_id, absolute image path), subsampled by ood.num_images
+    ood_masks: tuple[str | None, ...]       # ground truth of OOD images when it exists (diagnostics only)
+    vocabulary: Vocabulary                  # the target classes (label ids)
+    teacher_vocabulary: Vocabulary          # targets + background concepts the teacher is prompted with
+
+
+def shapes_spec(cfg: ExperimentConfig):
+    from orchestrator.data.shapes import ShapesSpec
+
+    d = cfg.data
+    return ShapesSpec(image_size=d.image_size, num_train=d.num_train, num_val=d.num_val, num_ood=d.num_ood,
+                      num_source=d.num_source, distractor_share=d.distractor_share, style_shift=d.style_shift,
+                      seed=d.seed)
+
+
+def dataset_root(cfg: ExperimentConfig, cache_root: Path) -> Path:
+    """The dataset folder; generates the `shapes` benchmark into the cache when no root is given."""
+    if cfg.data.root:
+        return Path(cfg.data.root).expanduser().resolve()
+    from orchestrator.data.shapes import ensure_shapes
+
+    return ensure_shapes(cache_root, shapes_spec(cfg))
+
+
+def subsample(n: int, num_images: int, seed: int) -> np.ndarray:
+    """Indices of the OOD subset: all, or a seeded random subset of `num_images` (kept in corpus order)."""
+    if num_images <= 0 or num_images >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=num_images, replace=False))
+
+
+def build_plan(cfg: ExperimentConfig, cache_root: Path) -> DataPlan:
+    from orchestrator.data.voc import SegDataset, list_ood_corpus, load_vocabulary
+
+    root = dataset_root(cfg, cache_root)
+    ds = SegDataset.resolve(root, cfg.data.split, cfg.data.splits_dir or None)
+    vocab = load_vocabulary(root)
+    ood_root = Path(cfg.ood.root).expanduser() if cfg.ood.root else root / "ood"
+    corpus = list_ood_corpus(ood_root) if cfg.uses_ood else []
+    keep = subsample(len(corpus), cfg.ood.num_images, cfg.seed)
+    base = ood_root if ood_root.is_dir() else ood_root.parent
+    ood = tuple((_image_id(corpus[i][0], base), corpus[i][0]) for i in keep)
+    return DataPlan(root=str(root), labeled=ds.labeled, unlabeled=ds.unlabeled, val=ds.val, ood=ood,
+                    ood_masks=tuple(corpus[i][1] for i in keep), vocabulary=vocab,
+                    teacher_vocabulary=teacher_vocabulary(root, vocab))
+
+
+def teacher_vocabulary(root: Path, target: Vocabulary) -> Vocabulary:
+    """Targets plus background concepts: the dataset's distractor names (as SemiOVS adds COCO-Stuff's)."""
+    import json
+
+    extra: tuple[str, ...] = ()
+    classes_file = root / "classes.json"
+    if classes_file.is_file():
+        extra = tuple(json.loads(classes_file.read_text()).get("distractors", ()))
+    merged = tuple(dict.fromkeys(target.background_concepts + extra))
+    return Vocabulary(classes=target.classes, background_concepts=merged)
+
+
+def _image_id(path: str, base: Path) -> str:
+    p = Path(path)
+    try:
+        return str(p.relative_to(base.resolve()))
+    except ValueError:
+        return str(p)

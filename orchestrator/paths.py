@@ -1,0 +1,43 @@
+"""Where things live on disk: the cache (data, teachers, labels) and Tune's storage.
+
+Defaults are folders under `.semiovs/` in the working directory; `SEMIOVS_HOME` moves them, and the
+CLI's --cache / --storage override each one. Every derived path goes through `inside`, so a name
+built from user input can never escape its root.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestrator.errors import UserError
+
+
+def home() -> Path:
+    return Path(os.environ.get("SEMIOVS_HOME") or Path.cwd() / ".semiovs").resolve()
+
+
+def default_cache_root() -> Path:
+    return home() / "cache"
+
+
+def default_storage_root() -> Path:
+    return home() / "ray_results"
+
+
+def resolve_root(value: str | None, default: Path) -> Path:
+    """A local folder (made absolute) from a CLI value, or the default."""
+    if not value:
+        return default
+    if "://" in value:
+        raise UserError(f"'{value}': remote storage URIs are not supported for this folder yet. "
+                        f"Fix: mount the storage (NFS/fuse) and pass its local path.")
+    return Path(value).expanduser().resolve()
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """root/parts…, refusing any result outside `root` (e.g. a key containing '..')."""
+    root = root.resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise UserError(f"path {path} escapes its root {root}. Fix: use a plain name without '..' or '/'.")
+    return path

@@ -1,0 +1,201 @@
+"""Run a sweep: validate → label what the trials need (once) → Ray Tune → MLflow → results table.
+
+Everything that can be decided without Ray is decided first (search_space, sweep_plan), so a bad space
+file fails in a second, before Ray starts.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import results, tracking
+from orchestrator.config import config_from_flat
+from orchestrator.errors import UserError
+from orchestrator.paths import default_cache_root, default_storage_root, inside, resolve_root
+from orchestrator.search_space import SearchSpace, load_space, resolve_base, to_param_space
+from orchestrator.sweep_plan import asha_max_t, driver_resources, labeling_configs, max_concurrent_trials
+
+STATE_FILE = "sweep.json"
+
+
+@dataclass
+class SweepRequest:
+    space: str
+    name: str | None = None
+    tracking_uri: str | None = None
+    storage: str | None = None
+    cache: str | None = None
+    resume: bool = False
+    max_concurrent: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    rows: list[results.TrialRow]
+    table: str
+    seconds: float
+    tracking_uri: str
+
+
+def _say(quiet: bool):
+    return (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+
+
+def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's base config: new, or (on --resume) the one it started with."""
+    state_file = sweep_dir / STATE_FILE
+    if req.resume:
+        if not state_file.is_file():
+            raise UserError(f"nothing to resume: no sweep '{sweep_dir.name}' in {sweep_dir.parent}. "
+                            f"Fix: drop --resume to start it, or pass the --name/--storage it ran with.")
+        state = json.loads(state_file.read_text())
+        if req.overrides:
+            new = resolve_base(space, req.overrides)
+            changed = sorted(k for k in new if new[k] != state["base"].get(k))
+            if changed:
+                raise UserError(f"--resume with --set changes {', '.join(changed)} of sweep '{sweep_dir.name}'. "
+                                f"Fix: resume without --set, or start a new sweep with --name.")
+        return state
+    if state_file.is_file():
+        raise UserError(f"sweep '{sweep_dir.name}' already exists in {sweep_dir.parent}. "
+                        f"Fix: pass --resume to continue it, or --name NEW_NAME to start another.")
+    state = {"name": sweep_dir.name, "space": space.source, "space_text": Path(space.source).read_text(),
+             "base": resolve_base(space, req.overrides), "overrides": req.overrides, "created": time.time()}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, default=str))
+    tmp.replace(state_file)
+    return state
+
+
+def run_sweep(req: SweepRequest) -> SweepOutcome:
+    started = time.time()
+    say = _say(req.quiet)
+    space = load_space(req.space)
+    name = req.name or space.name
+    if req.max_concurrent is not None:
+        if req.max_concurrent < 1:
+            raise UserError("--max-concurrent must be >= 1. Fix: pass a positive number.")
+        space = SearchSpace(**{**space.__dict__, "max_concurrent_trials": req.max_concurrent})
+    storage = resolve_root(req.storage, default_storage_root())
+    cache = resolve_root(req.cache, default_cache_root())
+    uri = tracking.resolve_tracking_uri(req.tracking_uri)
+    sweep_dir = inside(storage, name)
+    state = prepare_state(req, space, sweep_dir)
+    base = state["base"]
+    to_label = labeling_configs(space, base)   # validates label-relevant axes before Ray starts
+    say(f"sweep '{name}': {space.num_trials()} trial(s) from {space.source}; storage {sweep_dir}")
+
+    from orchestrator.ray_runtime import init_ray
+
+    init_ray(quiet=req.quiet)
+    labeling = prepare_data_and_labels(base, to_label, cache, say)
+
+    experiment_id = tracking.ensure_experiment(uri, name)
+    parent = tracking.start_parent_run(uri, experiment_id, name, base, resume=req.resume)
+    _log_sweep_inputs(uri, parent, state, labeling)
+
+    grid = _fit_tuner(space, base, name, storage, cache, sweep_dir, uri, experiment_id, parent, req, say)
+    rows = results.rows_from_result_grid(grid, space.swept_keys, space.metric, space.mode,
+                                         int(base["train.epochs"]))
+    table = results.format_text(rows, space.swept_keys, space.metric)
+    client = tracking.client(uri)
+    client.log_text(parent, results.format_markdown(rows, space.swept_keys, space.metric), "summary/results.md")
+    client.log_text(parent, results.format_csv(rows, space.swept_keys, space.metric), "summary/results.csv")
+    seconds = time.time() - started
+    client.log_metric(parent, "sweep_seconds", seconds)
+    failed = [r for r in rows if r.status == "error"]
+    client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
+    return SweepOutcome(name, experiment_id, parent, rows, table, seconds, uri)
+
+
+def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]], cache: Path, say) -> list[dict]:
+    """Generate the benchmark if needed and label each distinct OOD request once, before any trial."""
+    from orchestrator.data_plan import dataset_root
+    from orchestrator.pseudo_labels import ensure_labels
+
+    dataset_root(config_from_flat(base), cache)
+    summaries = []
+    for flat in to_label:
+        outcome = ensure_labels(config_from_flat(flat), cache, say)
+        summary = outcome.summary()
+        say(("reused" if outcome.reused else "labeled") + f" OOD pseudo-labels: {json.dumps(summary)}")
+        summaries.append(summary)
+    return summaries
+
+
+def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: list[dict]) -> None:
+    client = tracking.client(uri)
+    client.log_text(parent, state["space_text"], f"inputs/{Path(state['space']).name}")
+    client.log_text(parent, json.dumps(state["base"], indent=1, sort_keys=True), "inputs/base_config.json")
+    for i, summary in enumerate(labeling):
+        manifest = Path(summary["path"]) / "manifest.json"
+        if manifest.is_file():
+            client.log_text(parent, manifest.read_text(), f"labeling/{summary['cache_key']}/manifest.json")
+        prefix = f"labeling.{i}." if len(labeling) > 1 else "labeling."
+        for key in ("images", "labeled", "rejected", "seconds"):
+            client.log_metric(parent, prefix + key, float(summary[key]))
+        client.log_metric(parent, prefix + "reused", float(summary["reused"]))
+
+
+def _fit_tuner(space, base, name, storage, cache, sweep_dir, uri, experiment_id, parent, req, say):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from trainables.semiovs import run_trial
+
+    resources = {k: v for k, v in driver_resources(base).items() if v > 0}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, cache_root=str(cache), storage=str(sweep_dir)), resources)
+    if req.resume:
+        if not tune.Tuner.can_restore(str(sweep_dir)):
+            say(f"no Tune state in {sweep_dir} yet: starting the trials from the beginning")
+        else:
+            say(f"resuming sweep '{name}' from {sweep_dir}")
+            return tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True).fit()
+    if space.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=asha_max_t(space, base),
+                                  grace_period=space.scheduler.grace_period,
+                                  reduction_factor=space.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    concurrent = max_concurrent_trials(space, base, ray.cluster_resources().get("CPU", 1))
+    callback = tracking.make_trial_callback(uri, experiment_id, parent, name, base,
+                                            progress=None if req.quiet else _progress_line(space))
+    tuner = tune.Tuner(
+        trainable,
+        param_space=to_param_space(space),
+        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, scheduler=scheduler,
+                                    num_samples=space.num_samples,
+                                    # the limit goes on the generator: Tune ignores max_concurrent_trials
+                                    # when it is given a generator instance
+                                    search_alg=BasicVariantGenerator(random_state=space.seed,
+                                                                     max_concurrent=concurrent)),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback],
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  verbose=0 if req.quiet else 1),
+    )
+    return tuner.fit()
+
+
+def _progress_line(space: SearchSpace):
+    """A one-line live progress message per trial epoch (stdout of the sweep driver)."""
+    def show(trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
+        swept = " ".join(f"{k}={config.get(k)}" for k in space.swept_keys)
+        miou, best = result.get("val_miou"), result.get("best_val_miou")
+        text = f"[{trial_id}] {swept} epoch {result.get('epoch')}: val_miou {miou:.2f} (best {best:.2f})" \
+            if isinstance(miou, float) and isinstance(best, float) else f"[{trial_id}] {swept} {result}"
+        print(text, file=sys.stdout, flush=True)
+    return show

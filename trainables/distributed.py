@@ -1,0 +1,107 @@
+"""Everything about ranks, devices and where reports go, in one place.
+
+The train loop asks `ctx.is_main` and calls `ctx.report(...)`; it never looks at Ray itself.
+Three ways to run the same loop:
+  * `train` — Ray Train workers (DDP when world_size > 1): reports go through `ray.train.report`
+    (and on to Tune via TuneReportCallback when inside a sweep);
+  * `tune-local` — `train.num_workers: 0` inside a Tune trial: Train's local mode drops reports, so
+    they go straight to `ray.tune.report`;
+  * `local` — `train.num_workers: 0` outside Tune (`run.py train`): reports go to a callback.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class WorkerContext:
+    mode: str                       # train | tune-local | local
+    rank: int
+    world_size: int
+    device: torch.device
+    on_report: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.mode == "train" and self.world_size > 1
+
+    def prepare_model(self, model: torch.nn.Module, sync_bn: bool) -> torch.nn.Module:
+        model = model.to(self.device)
+        if not self.distributed:
+            return model
+        if sync_bn and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest checkpoint dict of this run (after a worker failure or a resumed sweep)."""
+        if self.mode == "local":
+            return None
+        if self.mode == "tune-local":
+            import ray.tune
+
+            ckpt = ray.tune.get_checkpoint()
+        else:
+            import ray.train
+
+            ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as folder:
+            return torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        """Report an epoch's metrics with the checkpoint dict (saved by rank 0 only; every rank calls this)."""
+        if self.mode == "local":  # Train's local mode keeps the last report; the callback logs each one
+            if self.on_report:
+                self.on_report(metrics)
+            import ray.train
+
+            checkpoint = None
+            if state is not None:
+                from ray.train import Checkpoint
+
+                folder = tempfile.mkdtemp(prefix="semiovs-local-ckpt-")
+                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+                checkpoint = Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if state is not None and self.is_main:
+                from ray.train import Checkpoint
+
+                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+                checkpoint = Checkpoint.from_directory(folder)
+            if self.mode == "tune-local":
+                import ray.tune
+
+                ray.tune.report(metrics, checkpoint=checkpoint)
+            else:
+                import ray.train
+
+                ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def make_context(mode: str, gpus_per_worker: float, on_report=None) -> WorkerContext:
+    if mode == "train":
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        return WorkerContext(mode, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    use_cuda = gpus_per_worker > 0 and torch.cuda.is_available()
+    return WorkerContext(mode, 0, 1, torch.device("cuda" if use_cuda else "cpu"), on_report)

@@ -1,0 +1,138 @@
+"""Per-step batches of the three streams (labeled, ID unlabeled, OOD), read from files on disk.
+
+Each worker draws from its own shard with its own seeded generator. A sample that cannot be read is
+skipped, counted and remembered (the run lists them), and another one is drawn in its place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from trainables import augment
+
+ID_UNLABELED_FILL = 254  # crop padding of ID unlabeled masks (the paper marks it, then ignores it)
+IGNORE = 255
+
+
+@lru_cache(maxsize=16384)
+def load_image_cached(path: str) -> np.ndarray:
+    from orchestrator.data.voc import load_image
+
+    return load_image(path)
+
+
+@lru_cache(maxsize=16384)
+def load_mask_cached(path: str) -> np.ndarray:
+    from orchestrator.data.voc import load_mask
+
+    return load_mask(path)
+
+
+@dataclass
+class BrokenSamples:
+    paths: dict[str, str] = field(default_factory=dict)   # path -> reason
+
+    def add(self, path: str, reason: str) -> None:
+        self.paths.setdefault(path, reason)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class OODLabels:
+    """Teacher labels of OOD images, by image id: PNG bytes decoded on use, thresholded by confidence."""
+    table: dict[str, tuple[bytes, bytes]]
+    thresh: float
+
+    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        from orchestrator.label_cache import apply_threshold, decode_png
+
+        label_png, conf_png = self.table[image_id]
+        conf = decode_png(conf_png)
+        return apply_threshold(decode_png(label_png), conf, self.thresh), conf
+
+
+class StreamSampler:
+    def __init__(self, *, labeled, unlabeled, ood, ood_labels: OODLabels | None, crop: int,
+                 seed: int, broken: BrokenSamples, max_broken_share: float):
+        self.labeled = list(labeled)
+        self.unlabeled = list(unlabeled)
+        self.ood = list(ood)                     # (image_id, path)
+        self.ood_labels = ood_labels
+        self.crop = crop
+        self.rng = np.random.default_rng(seed)
+        self.broken = broken
+        self.max_broken_share = max_broken_share
+        total = len(self.labeled) + len(self.unlabeled) + len(self.ood)
+        self._broken_limit = max(1, int(max_broken_share * total))
+
+    def _draw(self, items: list, read):
+        """Read a random item, skipping (and recording) broken ones."""
+        from orchestrator.data.voc import SampleError
+        from orchestrator.errors import UserError
+
+        while True:
+            item = items[int(self.rng.integers(len(items)))]
+            try:
+                return read(item)
+            except SampleError as err:
+                self.broken.add(str(err.path), err.reason)
+                if len(self.broken) > self._broken_limit:
+                    raise UserError(
+                        f"more than {self.max_broken_share:.0%} of the training images are unreadable "
+                        f"({len(self.broken)}, e.g. {err.path}: {err.reason}). Fix: run "
+                        f"`python run.py data check <root>` and repair them, or raise data.max_broken_share."
+                    ) from None
+
+    def labeled_batch(self, n: int) -> dict[str, torch.Tensor]:
+        def read(pair):
+            image, mask = load_image_cached(pair[0]), load_mask_cached(pair[1])
+            return augment.weak_pair(image, mask, self.crop, IGNORE, self.rng)
+
+        xs, ys = zip(*(self._draw(self.labeled, read) for _ in range(n)))
+        return {"x": torch.stack(xs), "y": torch.stack(ys)}
+
+    def unlabeled_batch(self, n: int, prefix: str) -> dict[str, torch.Tensor]:
+        """ID unlabeled views; prefix 'u' (main draw, with boxes) or 'm' (the CutMix partner draw)."""
+        def read(pair):
+            image = load_image_cached(pair[0])
+            blank = np.zeros(image.shape[:2], np.uint8)  # labels of unlabeled images are never read
+            return augment.unlabeled_views(image, blank, self.crop, ID_UNLABELED_FILL, self.rng)
+
+        views = [self._draw(self.unlabeled, read) for _ in range(n)]
+        out = {f"{prefix}_w": _stack(views, "u_w", n, (3, self.crop, self.crop)),
+               f"{prefix}_s1": _stack(views, "u_s1", n, (3, self.crop, self.crop)),
+               f"{prefix}_s2": _stack(views, "u_s2", n, (3, self.crop, self.crop)),
+               f"ign_{prefix}": _stack(views, "ign", n, (self.crop, self.crop), torch.uint8)}
+        if prefix == "u":
+            out["box1"] = _stack(views, "box1", n, (self.crop, self.crop), torch.uint8)
+            out["box2"] = _stack(views, "box2", n, (self.crop, self.crop), torch.uint8)
+        return out
+
+    def ood_batch(self, n: int) -> dict[str, torch.Tensor]:
+        def read(item):
+            image_id, path = item
+            image = load_image_cached(path)
+            if self.ood_labels is None:  # student labels it itself; only padding is marked
+                return augment.unlabeled_views(image, np.zeros(image.shape[:2], np.uint8), self.crop, IGNORE,
+                                               self.rng)
+            label, conf = self.ood_labels.get(image_id)
+            return augment.unlabeled_views(image, label, self.crop, IGNORE, self.rng, conf=conf)
+
+        views = [self._draw(self.ood, read) for _ in range(n)]
+        size = (self.crop, self.crop)
+        y_o = _stack(views, "mask", n, size, torch.long)
+        y_o = torch.where(y_o == IGNORE, torch.zeros_like(y_o), y_o)  # ignored via ign_o (the paper's order)
+        return {"o_w": _stack(views, "u_w", n, (3, *size)), "o_s1": _stack(views, "u_s1", n, (3, *size)),
+                "o_s2": _stack(views, "u_s2", n, (3, *size)), "ign_o": _stack(views, "ign", n, size, torch.uint8),
+                "y_o": y_o}
+
+
+def _stack(views: list[dict], key: str, n: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
+    if n == 0:
+        return torch.zeros((0, *shape), dtype=dtype)
+    return torch.stack([v[key] for v in views]).to(dtype)

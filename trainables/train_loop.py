@@ -1,0 +1,160 @@
+"""The per-worker training loop: SemiOVS / UniMatch / supervised, with per-epoch evaluation and checkpoints.
+
+Read top to bottom: `train_loop_per_worker` (Ray Train's entry point) → `run_training` → `train_one_epoch`
+and `evaluate`. One checkpoint dict per epoch (model, optimizer, epoch, step, best, resolved config),
+saved by rank 0; a restarted worker group or a resumed trial continues from it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.config import ExperimentConfig, config_from_flat
+from orchestrator.label_cache import LabelStore, read_label_table
+from trainables.distributed import WorkerContext, make_context
+from trainables.metrics import ConfusionMatrix
+from trainables.models import build_student
+from trainables.optim import apply_poly_lr, build_optimizer, unwrap
+from trainables.recipe import train_step
+from trainables.streams import BrokenSamples, OODLabels, StreamSampler, load_image_cached, load_mask_cached
+
+EVAL_BATCH = 32
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. loop_config: config (flat), data (lists of paths), mode, optional on_report."""
+    cfg = config_from_flat(loop_config["config"], "trial config")
+    ctx = make_context(loop_config["mode"], cfg.resources.gpus_per_worker, loop_config.get("on_report"))
+    run_training(cfg, loop_config["config"], loop_config["data"], ctx)
+
+
+def unlabeled_sizes(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(ID unlabeled per step, total unlabeled per step before the OOD share is taken)."""
+    b = cfg.train.batch_size
+    if cfg.train.method == "supervised":
+        return 0, 0
+    if cfg.uses_ood:
+        return b, 2 * b       # the paper: B ID + B OOD at ratio 0.5; ood.ratio moves the split of the 2B
+    return b, b
+
+
+def ood_counts(cfg: ExperimentConfig, steps: int, seed: int) -> np.ndarray:
+    """OOD images in each step's unlabeled batch (pure; realises ood.ratio over the run)."""
+    _, total = unlabeled_sizes(cfg)
+    if not cfg.uses_ood or total == 0:
+        return np.zeros(steps, dtype=int)
+    from orchestrator.data.mixing import plan_ood_counts
+
+    return np.asarray(plan_ood_counts(total, cfg.ood.ratio, steps, seed), dtype=int)
+
+
+def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, Any], ctx: WorkerContext) -> None:
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    seed = cfg.seed * 1000 + ctx.rank
+    torch.manual_seed(seed)
+    class_names = data["class_names"]
+    model = build_student(cfg.model.arch, len(class_names), width=cfg.model.width,
+                          fp_dropout=cfg.model.fp_dropout, pretrained_backbone=cfg.model.pretrained_backbone)
+    model = ctx.prepare_model(model, cfg.train.sync_bn)
+    optimizer = build_optimizer(model, cfg.train.lr, cfg.train.lr_multi, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    amp = cfg.train.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    epoch, step, best = 0, 0, 0.0
+    state = ctx.latest_checkpoint()
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step, best = state["epoch"], state["step"], state["best_val_miou"]
+
+    broken = BrokenSamples()
+    ood_labels = None
+    if data.get("label_store"):
+        table = read_label_table(LabelStore(Path(data["label_store"])))
+        ood_labels = OODLabels(table, cfg.ood.teacher_thresh)
+    sampler = StreamSampler(
+        labeled=data["labeled"], unlabeled=data["unlabeled"][ctx.rank::ctx.world_size],
+        ood=data["ood"][ctx.rank::ctx.world_size], ood_labels=ood_labels, crop=cfg.data.crop_size,
+        seed=seed + 7919 * epoch, broken=broken, max_broken_share=cfg.data.max_broken_share)
+    n_id, _ = unlabeled_sizes(cfg)
+    iters = cfg.train.iters_per_epoch or max(1, len(sampler.unlabeled) // max(1, n_id or cfg.train.batch_size))
+    total = iters * cfg.train.epochs
+    counts = ood_counts(cfg, total, cfg.seed)
+
+    while epoch < cfg.train.epochs:
+        started = time.time()
+        logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, counts, step, iters, total, amp)
+        step += iters
+        epoch += 1
+        ious, miou = evaluate(unwrap(model), data["val"][ctx.rank::ctx.world_size], len(class_names), ctx)
+        best = max(best, miou if math.isfinite(miou) else 0.0)
+        metrics = {"epoch": epoch, "val_miou": miou, "best_val_miou": best, **logs,
+                   "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": step}
+        metrics.update({f"val_iou.{name}": v for name, v in zip(class_names, ious) if math.isfinite(v)})
+        checkpoint = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                      "step": step, "best_val_miou": best, "config": flat} if ctx.is_main else None
+        if ctx.is_main and broken.paths:
+            metrics["broken_sample_list"] = sorted(broken.paths)[:100]
+        ctx.report(metrics, checkpoint)
+
+
+def train_one_epoch(model, optimizer, scaler, sampler: StreamSampler, cfg: ExperimentConfig, ctx: WorkerContext,
+                    counts: np.ndarray, first_step: int, iters: int, total: int, amp: bool) -> dict[str, float]:
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    n_id, n_total = unlabeled_sizes(cfg)
+    lr = cfg.train.lr
+    for i in range(iters):
+        step = first_step + i
+        lr = apply_poly_lr(optimizer, cfg.train.lr, step, total)
+        batch = sampler.labeled_batch(cfg.train.batch_size)
+        if cfg.train.method != "supervised":
+            n_ood = int(counts[step]) if cfg.uses_ood else 0
+            n_u = n_total - n_ood if cfg.uses_ood else n_id
+            batch.update(sampler.unlabeled_batch(n_u, "u"))
+            batch.update(sampler.unlabeled_batch(n_u, "m"))
+            if cfg.uses_ood:
+                batch.update(sampler.ood_batch(n_ood))
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(ctx.device.type, enabled=amp):
+            loss, logs = train_step(model, cfg.train.method, batch, tau=cfg.train.conf_thresh,
+                                    lambda_ood=cfg.train.lambda_ood, ood_label_source=cfg.ood.label_source)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        for key, value in logs.items():
+            sums[key] += value
+    out = {key: value / iters for key, value in sums.items()}
+    out["lr"] = lr
+    return out
+
+
+def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerContext) -> tuple[list[float], float]:
+    """Whole val images at native size (the paper's 'original' mode); same-size images are batched."""
+    from trainables.augment import to_tensor_normalized
+
+    model.eval()
+    matrix = ConfusionMatrix(num_classes)
+    by_size: dict[tuple, list] = defaultdict(list)
+    for image_path, mask_path in val:
+        image = load_image_cached(image_path)
+        by_size[image.shape].append((image, load_mask_cached(mask_path)))
+    with torch.inference_mode():
+        for group in by_size.values():
+            for start in range(0, len(group), EVAL_BATCH):
+                chunk = group[start:start + EVAL_BATCH]
+                x = torch.stack([to_tensor_normalized(img) for img, _ in chunk]).to(ctx.device)
+                y = torch.from_numpy(np.stack([m for _, m in chunk])).to(ctx.device)
+                matrix.update(model(x).argmax(1), y)
+    if ctx.distributed:
+        matrix.reduce_from_all_processes()
+    model.train()
+    return matrix.compute()
