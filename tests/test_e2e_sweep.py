@@ -1,0 +1,100 @@
+"""End to end on a real local Ray cluster and a real MLflow sqlite store: the shipped smoke sweep,
+an ASHA sweep of Train-in-Tune trials on 2 CPUs (ray #54305), and a single local-mode run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+SPACES = Path(__file__).parent.parent / "search_spaces"
+pytestmark = pytest.mark.e2e
+
+
+def runs_by_role(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if r.data.tags.get("role") == "sweep"], \
+        [r for r in runs if r.data.tags.get("role") == "trial"]
+
+
+def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, sqlite_uri):
+    from orchestrator.sweep import SweepRequest, run_sweep
+
+    out = run_sweep(SweepRequest(space=str(SPACES / "smoke.yaml"), tracking_uri=sqlite_uri,
+                                 storage=str(tmp_path / "runs"), cache=str(shared_cache),
+                                 overrides=dict(TINY), quiet=True))
+    assert [r.status for r in out.rows] == ["done", "done"]
+    assert sorted(r.swept["ood.ratio"] for r in out.rows) == [0.0, 0.5]
+    assert "best val_miou" in out.table
+
+    client, parents, trials = runs_by_role(sqlite_uri, "smoke")
+    assert len(parents) == 1 and len(trials) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["train.method"] == "semiovs"
+    assert parent.data.metrics["labeling.labeled"] == TINY["data.num_ood"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert artifacts == {"summary/results.md", "summary/results.csv"}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.params["train.epochs"] == "2" and run.data.params["ood.ratio"] in ("0.0", "0.5")
+        history = client.get_metric_history(run.info.run_id, "val_miou")
+        assert [m.step for m in history] == [1, 2]
+        assert all(0.0 <= m.value <= 100.0 for m in history)
+        assert run.data.metrics["best_val_miou"] == max(m.value for m in history)
+        assert any(k.startswith("val_iou.") for k in run.data.metrics)
+
+    # A second sweep with the same teacher and corpus reuses the labels (the teacher does not run again).
+    from orchestrator.pseudo_labels import ensure_labels
+    from orchestrator.config import build_config
+
+    again = ensure_labels(build_config({**TINY, "train.method": "semiovs"}), shared_cache, lambda *a: None)
+    assert again.reused and again.labeled == TINY["data.num_ood"]
+
+
+def test_asha_sweep_of_train_in_tune_completes_on_two_cpus(ray_session, shared_cache, tmp_path, sqlite_uri):
+    """ASHA stops trials that run a TorchTrainer; their workers must be released (ray #54305)."""
+    from orchestrator.sweep import SweepRequest, run_sweep
+
+    space = tmp_path / "asha.yaml"
+    space.write_text("""
+name: asha_test
+scheduler: {kind: asha, max_t: 3, grace_period: 1, reduction_factor: 2}
+fixed: {train.method: supervised, train.num_workers: 1, train.epochs: 3}
+parameters:
+  train.lr: {grid: [0.00001, 0.05, 0.00002, 0.04]}
+""")
+    started = time.time()
+    out = run_sweep(SweepRequest(space=str(space), tracking_uri=sqlite_uri, storage=str(tmp_path / "runs"),
+                                 cache=str(shared_cache), overrides={**TINY, "train.epochs": 3}, quiet=True))
+    assert len(out.rows) == 4 and all(r.status in ("done", "stopped early") for r in out.rows)
+    assert any(r.status == "stopped early" for r in out.rows), [(r.swept, r.epochs) for r in out.rows]
+    # Every CPU comes back once the stopped trials' placement groups are cleaned up.
+    deadline = time.time() + 60
+    while ray_session.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(1)
+    assert ray_session.available_resources().get("CPU", 0) == 2
+    assert time.time() - started < 600
+
+
+def test_single_local_mode_run_logs_every_epoch(ray_session, shared_cache, tmp_path, sqlite_uri):
+    from orchestrator.single_run import TrainRequest, run_single
+
+    out = run_single(TrainRequest(overrides={**TINY, "train.method": "unimatch", "train.num_workers": 0},
+                                  experiment="single", tracking_uri=sqlite_uri, storage=str(tmp_path / "runs"),
+                                  cache=str(shared_cache), quiet=True))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    history = client.get_metric_history(out["run_id"], "val_miou")
+    assert [m.step for m in history] == [1, 2]
+    assert out["epochs"] == 2 and out["best_val_miou"] == max(m.value for m in history)
+    run = client.get_run(out["run_id"])
+    assert run.data.tags["role"] == "run" and run.data.params["train.method"] == "unimatch"
+    assert "mask_ratio" in run.data.metrics and "loss_u" in run.data.metrics

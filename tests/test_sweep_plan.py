@@ -1,0 +1,64 @@
+"""Pure sweep decisions: which labeling runs a sweep needs, how many trials fit, the results table."""
+import math
+
+import pytest
+
+from orchestrator.config import build_config, flatten
+from orchestrator.errors import SpaceError
+from orchestrator.results import TrialRow, format_csv, format_markdown, format_text, trial_status
+from orchestrator.search_space import parse_space, resolve_base
+from orchestrator.sweep_plan import labeling_configs, max_concurrent_trials, per_trial_cpus
+
+
+def plan(parameters, fixed=None):
+    space = parse_space({"fixed": fixed or {}, "parameters": parameters}, "s.yaml")
+    return labeling_configs(space, resolve_base(space, {}))
+
+
+def test_threshold_and_ratio_sweeps_label_once():
+    assert len(plan({"ood.ratio": {"grid": [0, 0.25, 0.5]}, "ood.teacher_thresh": {"uniform": [0, 0.9]},
+                     "train.conf_thresh": {"grid": [0.9, 0.95]}})) == 1
+
+
+def test_each_teacher_setting_is_labeled_once():
+    configs = plan({"teacher.templates": {"grid": ["single", "imagenet80"]}, "seed": {"grid": [0, 1, 2]}})
+    assert sorted(c["teacher.templates"] for c in configs) == ["imagenet80", "single"]
+
+
+def test_no_teacher_needed_no_labeling():
+    assert plan({"train.method": {"grid": ["supervised", "unimatch"]}}) == []
+    assert plan({"ood.ratio": {"grid": [0.0]}}) == []
+    assert plan({"seed": {"grid": [0, 1]}}, fixed={"ood.label_source": "self"}) == []
+
+
+def test_mixed_methods_label_only_for_semiovs():
+    configs = plan({"train.method": {"grid": ["unimatch", "semiovs"]}})
+    assert [c["train.method"] for c in configs] == ["semiovs"]
+
+
+def test_continuous_sweep_of_a_teacher_key_is_refused():
+    with pytest.raises(SpaceError, match=r"'parameters.teacher.resolution': a randint distribution would need "
+                                         r"a new labeling run per sampled value. Fix: sweep it with grid"):
+        plan({"teacher.resolution": {"randint": [32, 96]}})
+
+
+def test_concurrency_from_cpus():
+    space = parse_space({}, "s.yaml")
+    base = flatten(build_config())
+    assert per_trial_cpus(base) == 1.5
+    assert max_concurrent_trials(space, base, 2) == 1
+    assert max_concurrent_trials(space, base, 8) == 5
+    local = flatten(build_config({"train.num_workers": 0}))
+    assert per_trial_cpus(local) == 1.0 and max_concurrent_trials(space, local, 2) == 2
+    assert max_concurrent_trials(parse_space({"max_concurrent_trials": 3}, "s.yaml"), base, 2) == 3
+
+
+def test_results_table_formats():
+    rows = [TrialRow("t1", {"ood.ratio": 0.5}, 31.234, 6, "done"),
+            TrialRow("t2", {"ood.ratio": 0.0}, float("nan"), 0, "error")]
+    text = format_text(rows, ["ood.ratio"], "val_miou")
+    assert "best val_miou" in text and "31.23" in text and "n/a" in text
+    assert format_markdown(rows, ["ood.ratio"], "val_miou").splitlines()[2] == "| t1 | 0.5 | 31.23 | 6 | done |"
+    assert format_csv(rows, ["ood.ratio"], "val_miou").splitlines()[1] == "t1,0.5,31.234,6,done"
+    assert trial_status(False, 2, 6) == "stopped early" and trial_status(True, 6, 6) == "error"
+    assert math.isnan(rows[1].best)
