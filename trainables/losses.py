@@ -1,0 +1,136 @@
+"""Loss terms of UniMatch and SemiOVS, exactly as in method.md §3.
+
+Conventions: labels are [B,H,W] class indices, `ignore` maps are [B,H,W] with 255 = ignore (anything else
+= valid), confidences are [B,H,W] floats in [0,1], CutMix boxes are [B,H,W] bool/uint8 (1 = inside).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = 255
+METHODS = ("supervised", "unimatch", "semiovs")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Pseudo-label targets for one view: hard label, its confidence, and the ignore map."""
+
+    label: Tensor
+    conf: Tensor
+    ignore: Tensor
+
+    def select(self, index: Tensor) -> "Targets":
+        return Targets(self.label[index], self.conf[index], self.ignore[index])
+
+
+def supervised_ce(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean CE over pixels whose label is not 255 (L_x); 0 instead of NaN if a batch has no valid pixel."""
+    valid = target != IGNORE
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
+
+
+def conf_weighted_ce(logits: Tensor, target: Tensor, conf: Tensor | float, ignore: Tensor, tau: float) -> Tensor:
+    """sum_px CE * [conf >= tau] * [ignore != 255] / count[ignore != 255].
+
+    The divisor counts *all* valid pixels, not only confident ones, so low confidence shrinks the loss
+    (method.md §7). A target of 255 contributes 0 instead of indexing out of range.
+    """
+    ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE, reduction="none")
+    valid = ignore != IGNORE
+    conf_t = torch.as_tensor(conf, device=logits.device)
+    keep = (conf_t >= tau) & valid
+    return (ce * keep).sum() / valid.sum().clamp(min=1)
+
+
+def mix_by_box(a: Tensor | float, b: Tensor, box: Tensor) -> Tensor:
+    """`a` outside the box, `b` inside. `box` is [B,H,W]; a/b may be [B,H,W] or [B,C,H,W] (images)."""
+    inside = box.bool()
+    while inside.dim() < b.dim():
+        inside = inside.unsqueeze(1)
+    a_t = torch.as_tensor(a, dtype=b.dtype, device=b.device)
+    return torch.where(inside, b, a_t)
+
+
+def mix_targets(outside: Targets, inside: Targets, box: Tensor) -> Targets:
+    return Targets(
+        mix_by_box(outside.label.long(), inside.label.long(), box),
+        mix_by_box(outside.conf.float(), inside.conf.float(), box),
+        mix_by_box(outside.ignore.long(), inside.ignore.long(), box),
+    )
+
+
+def pseudo_targets(logits: Tensor, ignore: Tensor) -> Targets:
+    """Confidence and argmax of softmax(logits), detached: the teacher side of self-training."""
+    conf, label = logits.detach().softmax(dim=1).max(dim=1)
+    return Targets(label, conf, ignore)
+
+
+def ood_label_targets(y_o: Tensor, ign_o: Tensor, c_o: Tensor | None = None) -> Targets:
+    """OOD teacher labels. Confidence is 1 (every teacher pixel trusted, as in the official code) unless
+    `c_o` is given; then pixels with c_o < tau drop out of the loss like unconfident ID pixels."""
+    conf = torch.ones_like(y_o, dtype=torch.float) if c_o is None else c_o.float()
+    # Ignored pixels may carry 255 in the label; map them to 0 so CE never sees an invalid class.
+    label = torch.where(ign_o == IGNORE, torch.zeros_like(y_o), y_o).long()
+    return Targets(label, conf, ign_o)
+
+
+def three_view_loss(
+    p_s1: Tensor, p_s2: Tensor, p_fp: Tensor, t1: Targets, t2: Targets, t_w: Targets, tau: float
+) -> Tensor:
+    """0.25 * CWL(strong 1) + 0.25 * CWL(strong 2) + 0.5 * CWL(feature-perturbed weak view)."""
+    return (
+        0.25 * conf_weighted_ce(p_s1, t1.label, t1.conf, t1.ignore, tau)
+        + 0.25 * conf_weighted_ce(p_s2, t2.label, t2.conf, t2.ignore, tau)
+        + 0.5 * conf_weighted_ce(p_fp, t_w.label, t_w.conf, t_w.ignore, tau)
+    )
+
+
+def unimatch_unlabeled_loss(
+    p_us1: Tensor, p_us2: Tensor, p_uw_fp: Tensor,
+    weak: Targets, partner: Targets, box1: Tensor, box2: Tensor, tau: float,
+) -> Tensor:
+    """L_u: strong views are supervised by weak-view labels CutMixed with the partner's labels."""
+    t1, t2 = mix_targets(weak, partner, box1), mix_targets(weak, partner, box2)
+    return three_view_loss(p_us1, p_us2, p_uw_fp, t1, t2, weak, tau)
+
+
+def semiovs_ood_loss(
+    p_os1: Tensor, p_os2: Tensor, p_ow_fp: Tensor,
+    ood: Targets, id_weak: Targets, box1: Tensor, box2: Tensor, tau: float,
+) -> Tensor:
+    """L_o: OOD strong views carry a pasted ID patch, so inside the box the ID pseudo-labels apply.
+
+    `id_weak` and the boxes must already be paired with the OOD batch (row i = ID image i mod B_u).
+    """
+    t1, t2 = mix_targets(ood, id_weak, box1), mix_targets(ood, id_weak, box2)
+    return three_view_loss(p_os1, p_os2, p_ow_fp, t1, t2, ood, tau)
+
+
+def combine_losses(
+    method: str, loss_x: Tensor, loss_u: Tensor, loss_o: Tensor, lambda_ood: float,
+    *, has_id: bool = True, has_ood: bool = True,
+) -> Tensor:
+    """supervised: L_x; unimatch: (L_x + L_u) / 2; semiovs: (L_x + L_u + λ L_o) / (2 + λ).
+
+    A stream with no images in this step drops out of both numerator and denominator, so semiovs with an
+    empty OOD batch equals unimatch instead of silently scaling the loss (and the lr) by 2 / (2 + λ).
+    """
+    if method == "supervised":
+        return loss_x
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if lambda_ood < 0:
+        raise ValueError(f"lambda_ood must be >= 0, got {lambda_ood}")
+    total, weight = loss_x, 1.0
+    if has_id:
+        total, weight = total + loss_u, weight + 1.0
+    if method == "semiovs" and has_ood:
+        total, weight = total + lambda_ood * loss_o, weight + lambda_ood
+    return total / weight

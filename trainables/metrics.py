@@ -1,0 +1,66 @@
+"""Segmentation metrics: a confusion matrix summed over the whole evaluation set (and over processes).
+
+IoU_c = I_c / U_c from dataset-level histograms, as UniMatch's evaluate(); pixels labeled 255 are skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+IGNORE = 255
+
+
+class ConfusionMatrix:
+    """mat[t, p] = number of pixels with ground truth t predicted as p."""
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.mat: Tensor | None = None
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch: `pred` holds class indices (argmax already taken), same shape as `target`."""
+        if pred.shape != target.shape:
+            raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}; "
+                             "pass argmax(logits, dim=1), not the logits")
+        k = self.num_classes
+        if self.mat is None:
+            self.mat = torch.zeros(k, k, dtype=torch.int64, device=target.device)
+        t, p = target.flatten().long(), pred.flatten().long().to(target.device)
+        keep = (t != IGNORE) & (t >= 0) & (t < k)
+        if bool(((p[keep] < 0) | (p[keep] >= k)).any()):
+            raise ValueError(f"pred holds class indices outside [0, {k}); is num_classes={k} right?")
+        self.mat += torch.bincount(k * t[keep] + p[keep], minlength=k * k).view(k, k)
+
+    def reset(self) -> None:
+        self.mat = None
+
+    def compute(self) -> tuple[list[float], float]:
+        """(IoU per class, mIoU), in percent.
+
+        A class absent from both ground truth and predictions has no IoU: it is NaN in the per-class list
+        and left out of the mean (UniMatch would count it as 0; on VOC/PC val every class is present).
+        """
+        k = self.num_classes
+        mat = self.mat.double().cpu() if self.mat is not None else torch.zeros(k, k, dtype=torch.float64)
+        inter = mat.diag()
+        union = mat.sum(0) + mat.sum(1) - inter
+        iou = torch.where(union > 0, 100.0 * inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+        present = ~iou.isnan()
+        miou = float(iou[present].mean()) if bool(present.any()) else float("nan")
+        return [float(v) for v in iou], miou
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the matrix over all ranks (no-op unless torch.distributed is initialised).
+
+        Every rank must call it, also a rank that saw no batch (its matrix is zeros).
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self.mat is None:
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+        dist.all_reduce(self.mat)
