@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from orchestrator.config import ExperimentConfig
+from orchestrator.errors import ConfigError
 from orchestrator.vocab import Vocabulary
 
 
@@ -44,14 +43,8 @@ def dataset_root(cfg: ExperimentConfig, cache_root: Path) -> Path:
     return ensure_shapes(cache_root, shapes_spec(cfg))
 
 
-def subsample(n: int, num_images: int, seed: int) -> np.ndarray:
-    """Indices of the OOD subset: all, or a seeded random subset of `num_images` (kept in corpus order)."""
-    if num_images <= 0 or num_images >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=num_images, replace=False))
-
-
 def build_plan(cfg: ExperimentConfig, cache_root: Path) -> DataPlan:
+    from orchestrator.data.mixing import subsample_corpus
     from orchestrator.data.voc import SegDataset, list_ood_corpus, load_vocabulary
 
     root = dataset_root(cfg, cache_root)
@@ -59,22 +52,29 @@ def build_plan(cfg: ExperimentConfig, cache_root: Path) -> DataPlan:
     vocab = load_vocabulary(root)
     ood_root = Path(cfg.ood.root).expanduser() if cfg.ood.root else root / "ood"
     corpus = list_ood_corpus(ood_root) if cfg.uses_ood else []
-    keep = subsample(len(corpus), cfg.ood.num_images, cfg.seed)
+    if cfg.ood.num_images > len(corpus):
+        raise ConfigError(f"ood.num_images={cfg.ood.num_images} but the OOD corpus {ood_root} has "
+                          f"{len(corpus)} images. Fix: use at most {len(corpus)}, or 0 for all.")
+    keep = subsample_corpus(corpus, cfg.ood.num_images, cfg.seed)  # nested: a larger subset adds images
     base = ood_root if ood_root.is_dir() else ood_root.parent
-    ood = tuple((_image_id(corpus[i][0], base), corpus[i][0]) for i in keep)
+    ood = tuple((_image_id(img, base), img) for img, _ in keep)
     return DataPlan(root=str(root), labeled=ds.labeled, unlabeled=ds.unlabeled, val=ds.val, ood=ood,
-                    ood_masks=tuple(corpus[i][1] for i in keep), vocabulary=vocab,
+                    ood_masks=tuple(mask for _, mask in keep), vocabulary=vocab,
                     teacher_vocabulary=teacher_vocabulary(root, vocab))
 
 
 def teacher_vocabulary(root: Path, target: Vocabulary) -> Vocabulary:
-    """Targets plus background concepts: the dataset's distractor names (as SemiOVS adds COCO-Stuff's)."""
+    """Targets plus background concepts: every name and synonym of the dataset's non-target classes
+    (as SemiOVS prompts COCO-Stuff's 151 non-VOC concepts as background)."""
     import json
 
     extra: tuple[str, ...] = ()
     classes_file = root / "classes.json"
     if classes_file.is_file():
-        extra = tuple(json.loads(classes_file.read_text()).get("distractors", ()))
+        source = json.loads(classes_file.read_text()).get("source")
+        if source:
+            others = Vocabulary.from_dict(source).classes[target.num_classes:]
+            extra = tuple(concept for c in others for concept in c.concepts)
     merged = tuple(dict.fromkeys(target.background_concepts + extra))
     return Vocabulary(classes=target.classes, background_concepts=merged)
 

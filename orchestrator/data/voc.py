@@ -1,0 +1,208 @@
+"""Reading (and writing) datasets in the UniMatch / SemiOVS layout: the one format every dataset here uses.
+
+A dataset root holds `JPEGImages/<id>.jpg` and `SegmentationClass/<id>.png` (index or palette PNG, 255 = ignore);
+split files list one sample per line as `<image rel path> <mask rel path>` relative to the dataset root, with no
+header and no trailing newline. The generated `shapes` benchmark, Pascal VOC and Pascal Context all read through
+this module, so a real dataset is a drop-in replacement for the embedded one.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from orchestrator.errors import UserError
+from orchestrator.vocab import Vocabulary
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IGNORE_INDEX = 255
+SYNTH_HINT = "run `python run.py data synth` to generate the embedded `shapes` benchmark, or set data.root"
+
+
+class DatasetError(UserError):
+    """A dataset root, split or list file is missing or malformed; the message names the path and the fix."""
+
+
+class SampleError(Exception):
+    """One image or mask cannot be read. Callers skip the sample and count it (never a whole-run failure)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------- split files
+
+def read_split_file(path: str | Path) -> list[tuple[str, str | None]]:
+    """Lines `image [mask]` -> [(image_rel, mask_rel or None)]. Blank lines are skipped; >2 columns is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"split/list file not found: {path}; {SYNTH_HINT}")
+    pairs: list[tuple[str, str | None]] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) > 2:
+            raise DatasetError(f"{path}:{lineno}: expected `<image> [<mask>]`, got {len(cols)} columns: {line!r} "
+                               "(paths with spaces are not supported by the UniMatch split format)")
+        pairs.append((cols[0], cols[1] if len(cols) == 2 else None))
+    return pairs
+
+
+def write_split_file(path: str | Path, pairs: list[tuple[str, str | None]]) -> None:
+    """Write the UniMatch format: one `image mask` (or `image`) per line, no trailing newline."""
+    lines = [img if mask is None else f"{img} {mask}" for img, mask in pairs]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------- images, masks
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode to uint8 HxWx3 RGB. EXIF orientation is NOT applied: masks are stored in raw pixel order (COCO, VOC)."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so truncation surfaces here and not later inside a worker
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise SampleError(path, "file does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise SampleError(path, f"cannot decode image ({e})") from None
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Decode an index ('L') or palette ('P') PNG to its uint8 HxW label indices (never the palette colours)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "L"):
+                return np.asarray(im, dtype=np.uint8).copy()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+                arr = np.asarray(im)
+                if arr.size and (arr.min() < 0 or arr.max() > 255):
+                    raise SampleError(path, f"{im.mode} mask has values outside 0..255")
+                return arr.astype(np.uint8)
+            raise SampleError(path, f"mask mode is {im.mode!r}; expected an index ('L') or palette ('P') PNG "
+                                    "(colour-coded RGB masks must be converted to class indices first)")
+    except FileNotFoundError:
+        raise SampleError(path, "file does not exist") from None
+    except SampleError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise SampleError(path, f"cannot decode mask ({e})") from None
+
+
+@functools.lru_cache(maxsize=1)
+def voc_palette() -> tuple[int, ...]:
+    """The standard Pascal VOC colour map (256 RGB triples, flattened): class k's colour from the bits of k."""
+    pal = []
+    for k in range(256):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return tuple(pal)
+
+
+def mask_to_image(mask: np.ndarray) -> Image.Image:
+    """uint8 HxW label indices -> palette ('P') image with the VOC colours (how VOC and SemiOVS store labels)."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"mask must be uint8 HxW, got {mask.dtype} {mask.shape}")
+    im = Image.fromarray(mask)
+    im.putpalette(voc_palette())
+    return im
+
+
+def save_mask(path: str | Path, mask: np.ndarray) -> None:
+    mask_to_image(mask).save(path, format="PNG")
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+Pair = tuple[str, str | None]
+
+
+@dataclass(frozen=True)
+class SegDataset:
+    """One split of a dataset root: absolute (image, mask) paths. Masks of `unlabeled` are only for padding marks."""
+
+    root: str
+    split: str
+    labeled: tuple[Pair, ...]
+    unlabeled: tuple[Pair, ...]
+    val: tuple[Pair, ...]
+
+    @classmethod
+    def resolve(cls, root: str | Path, split: str | int, splits_dir: str | Path | None = None) -> "SegDataset":
+        """Find `<splits_dir>/<split>/{labeled,unlabeled}.txt` and `<splits_dir>/val.txt`.
+
+        `splits_dir` defaults to `<root>/splits` (the shapes layout). For the SemiOVS repo layout pass e.g.
+        `SemiOVS/splits/pascal` with root `data/pascal`; split names are folder names there ("92", "1_16", ...).
+        """
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir():
+            raise DatasetError(f"dataset root {root} does not exist; {SYNTH_HINT}")
+        sdir = Path(splits_dir).expanduser().resolve() if splits_dir is not None else root / "splits"
+        split = str(split)
+        files = {"labeled": sdir / split / "labeled.txt", "unlabeled": sdir / split / "unlabeled.txt",
+                 "val": sdir / "val.txt"}
+        for name, f in files.items():
+            if not f.is_file():
+                known = sorted(p.name for p in sdir.iterdir() if (p / "labeled.txt").is_file()) if sdir.is_dir() else []
+                raise DatasetError(
+                    f"{name} split file not found: {f}. Available splits under {sdir}: {known or 'none'}. "
+                    "Pick one of them for data.split, or point data.splits_dir at the folder holding "
+                    "`<split>/labeled.txt` and `val.txt`.")
+        lists = {name: tuple(_absolute(root, p) for p in read_split_file(f)) for name, f in files.items()}
+        if not lists["labeled"]:
+            raise DatasetError(f"{files['labeled']} is empty; a split needs at least one labeled image")
+        first = lists["labeled"][0][0]
+        if not Path(first).is_file():
+            raise DatasetError(f"{files['labeled']} names {first}, which does not exist. Split paths are relative "
+                               f"to the dataset root ({root}): is data.root the folder that holds JPEGImages/?")
+        return cls(str(root), split, lists["labeled"], lists["unlabeled"], lists["val"])
+
+
+def _absolute(base: Path, pair: Pair) -> Pair:
+    img, mask = pair
+    return str(base / img), (str(base / mask) if mask is not None else None)
+
+
+def list_ood_corpus(root_or_list_file: str | Path) -> list[tuple[str, str | None]]:
+    """An OOD corpus: a list file (1-2 columns, relative to its folder), a folder holding `list.txt`, or a folder
+    of images (.jpg/.jpeg/.png directly inside it, sorted by name, no masks). Returns absolute paths."""
+    p = Path(root_or_list_file).expanduser().resolve()
+    if p.is_dir() and (p / "list.txt").is_file():
+        p = p / "list.txt"
+    if p.is_file():
+        return [_absolute(p.parent, pair) for pair in read_split_file(p)]
+    if not p.is_dir():
+        raise DatasetError(f"OOD corpus {p} does not exist; set ood.corpus to a folder of images or a list file, "
+                           f"or {SYNTH_HINT}")
+    images = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise DatasetError(f"OOD corpus folder {p} has no list.txt and no {'/'.join(IMAGE_EXTENSIONS)} images in it")
+    return [(img, None) for img in images]
+
+
+def load_vocabulary(root: str | Path, key: str = "target") -> Vocabulary:
+    """The vocabulary a dataset's labels use: `<root>/classes.json[key]`, else Pascal VOC's 21 classes."""
+    path = Path(root) / "classes.json"
+    if not path.is_file():
+        from orchestrator.data.pascal_vocab import PASCAL_VOC_VOCAB
+        return PASCAL_VOC_VOCAB
+    try:
+        data = json.loads(path.read_text())
+        return Vocabulary.from_dict(data[key])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: cannot read vocabulary {key!r} ({e!r}); expected "
+                           f'{{"{key}": {{"classes": [{{"name": ..., "synonyms": [...]}}, ...]}}}}') from None
