@@ -57,8 +57,8 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
     storage = resolve_root(req.storage, default_storage_root())
     uri = tracking.resolve_tracking_uri(req.tracking_uri)
     say = (lambda *a: None) if req.quiet else print
+    plan = build_plan(cfg, cache)   # data errors show before Ray starts
     init_ray(quiet=req.quiet)
-    plan = build_plan(cfg, cache)
     if cfg.uses_teacher_labels:
         say(ensure_labels(cfg, cache, say).summary())
     data = worker_data(cfg, plan, resolve_label_store(cfg, cache))

@@ -68,8 +68,10 @@ def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> dic
     if state_file.is_file():
         raise UserError(f"sweep '{sweep_dir.name}' already exists in {sweep_dir.parent}. "
                         f"Fix: pass --resume to continue it, or --name NEW_NAME to start another.")
+    base = resolve_base(space, req.overrides)
+    labeling_configs(space, base)  # refuse a bad space before anything is written
     state = {"name": sweep_dir.name, "space": space.source, "space_text": Path(space.source).read_text(),
-             "base": resolve_base(space, req.overrides), "overrides": req.overrides, "created": time.time()}
+             "base": base, "overrides": req.overrides, "created": time.time()}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=1, default=str))
