@@ -55,7 +55,10 @@ def build_trainer(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, A
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Train logs every report's full metrics dict at INFO; our progress lines say it shorter.
+            # Ray's log files under /tmp/ray still keep every level.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )
 
 
