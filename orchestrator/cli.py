@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=500, help="how many OOD images to score")
     _common(p, tracking=False, storage=False)
 
+    p = sub.add_parser("report", help="table (mean ± std over seeds) and plots of a sweep's runs")
+    p.add_argument("--experiment", required=True, help="the sweep's name (its MLflow experiment)")
+    p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
+    p.add_argument("--out", help="output folder (default reports/<experiment>)")
+
     p = sub.add_parser("ui", help="start the MLflow UI on the results (bound to 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -100,7 +105,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from orchestrator import commands
 
     handler = {
-        "sweep": commands.sweep, "train": commands.train, "label": commands.label, "ui": commands.ui,
+        "sweep": commands.sweep, "train": commands.train, "report": commands.report, "label": commands.label, "ui": commands.ui,
         ("data", "synth"): commands.data_synth, ("data", "check"): commands.data_check,
         ("teacher", "fit"): commands.teacher_fit, ("teacher", "eval"): commands.teacher_eval,
     }

@@ -110,6 +110,17 @@ def teacher_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    from orchestrator.report import write_report
+    from orchestrator.tracking import resolve_tracking_uri
+
+    out = Path(args.out) if args.out else Path("reports") / args.experiment
+    summary = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out)
+    print(summary.pop("table"))
+    print_json(summary)
+    return 0
+
+
 def ui(args: argparse.Namespace) -> int:
     from orchestrator.tracking import resolve_tracking_uri
 
