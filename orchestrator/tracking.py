@@ -130,7 +130,9 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
             else:
                 tags = {"role": ROLE_TRIAL, "trial_id": trial.trial_id, "sweep_name": sweep_name,
                         "mlflow.parentRunId": parent_run_id}
-                run_id = client(uri).create_run(experiment_id, run_name=str(trial), tags=tags).info.run_id
+                swept = " ".join(f"{k}={v}" for k, v in sorted(trial.config.items()))
+                name = f"{trial.trial_id} {swept}".strip()  # readable in the UI's run list
+                run_id = client(uri).create_run(experiment_id, run_name=name, tags=tags).info.run_id
                 log_params(uri, run_id, {**base_params, **trial.config})
             self.run_ids[trial.trial_id] = run_id
             return run_id

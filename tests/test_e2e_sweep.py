@@ -23,17 +23,18 @@ def runs_by_role(uri: str, experiment: str):
         [r for r in runs if r.data.tags.get("role") == "trial"]
 
 
-def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, sqlite_uri):
+def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_server):
+    """The shipped smoke sweep against a real `mlflow server`, then its UI in a headless browser."""
     from orchestrator.sweep import SweepRequest, run_sweep
 
-    out = run_sweep(SweepRequest(space=str(SPACES / "smoke.yaml"), tracking_uri=sqlite_uri,
+    out = run_sweep(SweepRequest(space=str(SPACES / "smoke.yaml"), tracking_uri=mlflow_server,
                                  storage=str(tmp_path / "runs"), cache=str(shared_cache),
                                  overrides=dict(TINY), quiet=True))
     assert [r.status for r in out.rows] == ["done", "done"]
     assert sorted(r.swept["ood.ratio"] for r in out.rows) == [0.0, 0.5]
     assert "best val_miou" in out.table
 
-    client, parents, trials = runs_by_role(sqlite_uri, "smoke")
+    client, parents, trials = runs_by_role(mlflow_server, "smoke")
     assert len(parents) == 1 and len(trials) == 2
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["train.method"] == "semiovs"
@@ -50,12 +51,41 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, sqlite_uri)
         assert run.data.metrics["best_val_miou"] == max(m.value for m in history)
         assert any(k.startswith("val_iou.") for k in run.data.metrics)
 
+    check_ui_shows_runs(mlflow_server, out.experiment_id, parent.info.run_name, trials)
+
     # A second sweep with the same teacher and corpus reuses the labels (the teacher does not run again).
     from orchestrator.pseudo_labels import ensure_labels
     from orchestrator.config import build_config
 
     again = ensure_labels(build_config({**TINY, "train.method": "semiovs"}), shared_cache, lambda *a: None)
     assert again.reused and again.labeled == TINY["data.num_ood"]
+
+
+def check_ui_shows_runs(url: str, experiment_id: str, parent_name: str, trials) -> None:
+    """Open the experiment and the child runs in headless Chromium; keep screenshots in artifacts/ui/."""
+    import json
+    import urllib.parse
+
+    from tests.browser import page_text, screenshot
+
+    from orchestrator.tracking import ui_link
+
+    shots = Path(__file__).parent.parent / "artifacts" / "ui"
+    experiment_page = ui_link(url, experiment_id)
+    text = page_text(experiment_page)
+    assert parent_name in text and "3 matching runs" in text, text[:2000]
+    ids = json.dumps([r.info.run_id for r in trials])
+    compare = (f"{url}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+               f"&experiments={urllib.parse.quote(json.dumps([experiment_id]))}")
+    text = page_text(compare)
+    assert f"Comparing {len(trials)} Runs" in text, text[:2000]
+    for run in trials:
+        assert run.info.run_name in text
+    # The parallel-coordinates plot of ood.ratio vs val_miou labels its axis with the best value.
+    assert "Parameters: ood.ratio" in text and "Metrics: val_miou" in text
+    assert f"{max(r.data.metrics['val_miou'] for r in trials):.5f}" in text
+    assert screenshot(experiment_page, shots / "experiment.png").stat().st_size > 10_000
+    assert screenshot(compare, shots / "compare_trials.png").stat().st_size > 10_000
 
 
 def test_asha_sweep_of_train_in_tune_completes_on_two_cpus(ray_session, shared_cache, tmp_path, sqlite_uri):
