@@ -6,6 +6,7 @@ file fails in a second, before Ray starts.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -173,6 +174,9 @@ def _fit_tuner(space, base, name, storage, cache, sweep_dir, uri, experiment_id,
                                   reduction_factor=space.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
+    # Save Tune's experiment state often: a crash then loses at most a second of bookkeeping, so a finished
+    # trial is not re-run on --resume (the default period adapts upwards from 10 s).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     concurrent = max_concurrent_trials(space, base, ray.cluster_resources().get("CPU", 1))
     callback = tracking.make_trial_callback(uri, experiment_id, parent, name, base,
                                             progress=None if req.quiet else _progress_line(space))

@@ -116,8 +116,11 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
     from ray.tune import Callback
 
     class TrialRunsToMLflow(Callback):
+        # No get_state/set_state on purpose: after a resume every trial's run is looked up again by tag,
+        # which also reads how many epochs MLflow already holds (state saved before a crash may lag).
         def __init__(self):
             self.run_ids: dict[str, str] = {}
+            self.last_step: dict[str, int] = {}   # epochs already in MLflow (a resumed trial may repeat one)
 
         def _run_for(self, trial) -> str:
             if trial.trial_id in self.run_ids:
@@ -127,6 +130,8 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
             if found:
                 run_id = found[0].info.run_id
                 client(uri).update_run(run_id, status="RUNNING")
+                history = client(uri).get_metric_history(run_id, "val_miou")
+                self.last_step[trial.trial_id] = max((m.step for m in history), default=0)
             else:
                 tags = {"role": ROLE_TRIAL, "trial_id": trial.trial_id, "sweep_name": sweep_name,
                         "mlflow.parentRunId": parent_run_id}
@@ -142,7 +147,10 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             step = int(result.get("epoch", result.get("training_iteration", 0)))
-            log_metrics(uri, self._run_for(trial), measurements(result), step)
+            run_id = self._run_for(trial)
+            if step > self.last_step.get(trial.trial_id, 0):  # after a resume, epochs logged before the
+                log_metrics(uri, run_id, measurements(result), step)  # crash are not logged twice
+                self.last_step[trial.trial_id] = step
             if progress is not None:
                 progress(trial.trial_id, trial.config, result)
 
@@ -151,12 +159,6 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
 
         def on_trial_error(self, iteration, trials, trial, **info):
             client(uri).set_terminated(self._run_for(trial), status="FAILED")
-
-        def get_state(self):
-            return {"run_ids": dict(self.run_ids)}
-
-        def set_state(self, state):
-            self.run_ids = dict(state.get("run_ids", {}))
 
     return TrialRunsToMLflow()
 

@@ -1,0 +1,82 @@
+"""An interrupted sweep resumes: the driver is killed after its first trial finished, `--resume` completes
+it, finished trials are not re-run, and MLflow holds exactly one child run per trial."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.e2e
+
+SPACE = """
+name: resumable
+fixed: {train.method: supervised, train.num_workers: 0}
+parameters:
+  train.lr: {grid: [0.01, 0.02, 0.03]}
+"""
+
+
+def trial_runs(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("resumable")
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial'")
+
+
+def test_killed_sweep_resumes_without_duplicates(ray_session, shared_cache, tmp_path, sqlite_uri):
+    space = tmp_path / "resumable.yaml"
+    space.write_text(SPACE)
+    sets = [f"--set={k}={v}" for k, v in TINY.items()] + ["--set=train.epochs=3"]
+    common = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--cache", str(shared_cache),
+              "--tracking-uri", sqlite_uri, "--max-concurrent", "1", *sets]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", *common], cwd=tmp_path,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:  # kill once the first trial has finished and the next one has started
+            _, runs = trial_runs(sqlite_uri)
+            if sum(r.info.status == "FINISHED" for r in runs) >= 1 and len(runs) >= 2:
+                break
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "the first trial did not finish in time"
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)   # the driver and the Ray it started, as a crash would
+        driver.wait()
+    client, before = trial_runs(sqlite_uri)
+    finished = [r for r in before if r.info.status == "FINISHED"]
+    assert 1 <= len(finished) < 3          # killed part-way: some trials done, not all
+
+    from orchestrator.sweep import SweepRequest, run_sweep
+
+    overrides = {**TINY, "train.epochs": 3}
+    out = run_sweep(SweepRequest(space=str(space), storage=str(tmp_path / "runs"), cache=str(shared_cache),
+                                 tracking_uri=sqlite_uri, resume=True, overrides=overrides, quiet=True))
+    assert len(out.rows) == 3 and all(r.status == "done" for r in out.rows)
+    assert sorted(r.swept["train.lr"] for r in out.rows) == [0.01, 0.02, 0.03]
+
+    client, after = trial_runs(sqlite_uri)
+    ids = [r.data.tags["trial_id"] for r in after]
+    assert len(after) == 3 and len(set(ids)) == 3                       # no duplicates, none missing
+    assert all(r.info.status == "FINISHED" for r in after)
+    for run in finished:  # finished before the kill: not re-run, its history untouched
+        history = client.get_metric_history(run.info.run_id, "val_miou")
+        assert [m.step for m in history] == [1, 2, 3]
+    for run in after:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
+        assert sorted(set(steps)) == [1, 2, 3]
+    parents = client.search_runs([after[0].info.experiment_id], filter_string="tags.role = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
