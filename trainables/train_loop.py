@@ -70,6 +70,7 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
     epoch, step, best = 0, 0, 0.0
     state = ctx.latest_checkpoint()
     if state is not None:
+        check_resumable(state["config"], flat)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, best = state["epoch"], state["step"], state["best_val_miou"]
@@ -88,6 +89,7 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
     total = iters * cfg.train.epochs
     counts = ood_counts(cfg, total, cfg.seed)
 
+    resumed_from = epoch
     while epoch < cfg.train.epochs:
         started = time.time()
         logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, counts, step, iters, total, amp)
@@ -96,13 +98,27 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
         ious, miou = evaluate(unwrap(model), data["val"][ctx.rank::ctx.world_size], len(class_names), ctx)
         best = max(best, miou if math.isfinite(miou) else 0.0)
         metrics = {"epoch": epoch, "val_miou": miou, "best_val_miou": best, **logs,
-                   "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": step}
+                   "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": step,
+                   "resumed_from_epoch": resumed_from}
         metrics.update({f"val_iou.{name}": v for name, v in zip(class_names, ious) if math.isfinite(v)})
         checkpoint = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                       "step": step, "best_val_miou": best, "config": flat} if ctx.is_main else None
         if ctx.is_main and broken.paths:
             metrics["broken_sample_list"] = sorted(broken.paths)[:100]
         ctx.report(metrics, checkpoint)
+
+
+# Keys a resumed run may change: how long it runs and with what resources, not what it computes.
+RESUMABLE_CHANGES = ("train.epochs", "train.max_failures", "train.num_workers", "resources.")
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A checkpoint only continues the run it came from (same config but for RESUMABLE_CHANGES)."""
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    if changed:
+        raise ValueError(f"the checkpoint being resumed was made with other settings ({', '.join(changed)}); "
+                         f"start a new run (another --name) instead of resuming this one")
 
 
 def train_one_epoch(model, optimizer, scaler, sampler: StreamSampler, cfg: ExperimentConfig, ctx: WorkerContext,

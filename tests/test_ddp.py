@@ -1,0 +1,43 @@
+"""Ray Train DDP with 2 gloo workers: completes, checkpoints every epoch, and a second run with the same
+name resumes from the last checkpoint and reports the same metric keys."""
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import build_config, flatten
+from tests.conftest import TINY
+from trainables.train_loop import check_resumable
+
+pytestmark = pytest.mark.e2e
+
+
+def fit(cfg_overrides, cache, storage):
+    from orchestrator.data_plan import build_plan
+    from trainables.semiovs import build_trainer, worker_data
+
+    cfg = build_config({**TINY, "train.method": "unimatch", "train.num_workers": 2,
+                        "resources.cpus_per_worker": 1.0, **cfg_overrides})
+    data = worker_data(cfg, build_plan(cfg, cache), None)
+    trainer = build_trainer(cfg, flatten(cfg), data, mode="train", name="ddp-run", storage=str(storage),
+                            callbacks=[])
+    return trainer.fit()
+
+
+def test_two_worker_ddp_completes_checkpoints_and_resumes(ray_session, shared_cache, tmp_path):
+    first = fit({"train.epochs": 2}, shared_cache, tmp_path)
+    assert first.metrics["epoch"] == 2 and first.metrics["resumed_from_epoch"] == 0
+    assert first.checkpoint is not None
+    keys = {k for k in first.metrics if not k.startswith("val_iou.")}
+    assert {"val_miou", "best_val_miou", "loss", "loss_x", "loss_u", "mask_ratio", "lr"} <= keys
+
+    again = fit({"train.epochs": 3}, shared_cache, tmp_path)     # same name + storage: Train resumes
+    assert again.metrics["resumed_from_epoch"] == 2 and again.metrics["epoch"] == 3
+    assert keys == {k for k in again.metrics if not k.startswith("val_iou.")}
+    assert again.metrics["step"] == 3 * TINY["train.iters_per_epoch"]
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings():
+    saved = flatten(build_config())
+    check_resumable(saved, {**saved, "train.epochs": 99, "resources.cpus_per_worker": 2.0})
+    with pytest.raises(ValueError, match=r"other settings \(train.lr\)"):
+        check_resumable(saved, {**saved, "train.lr": 0.5})
