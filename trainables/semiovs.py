@@ -43,7 +43,9 @@ def build_trainer(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, A
     r = cfg.resources
     use_gpu = r.gpus_per_worker > 0
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if use_gpu else {})}
-    loop_config = {"config": flat, "data": data, "mode": mode}
+    import time
+
+    loop_config = {"config": flat, "data": {**data, "launched_at": time.time()}, "mode": mode}
     if on_report is not None:
         loop_config["on_report"] = on_report
     return TorchTrainer(

@@ -76,16 +76,8 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
         epoch, step, best = state["epoch"], state["step"], state["best_val_miou"]
 
     broken = BrokenSamples()
-    ood_labels = None
-    if data.get("label_store"):
-        table = read_label_table(LabelStore(Path(data["label_store"])))
-        ood_labels = OODLabels(table, cfg.ood.teacher_thresh)
-    sampler = StreamSampler(
-        labeled=data["labeled"], unlabeled=data["unlabeled"][ctx.rank::ctx.world_size],
-        ood=data["ood"][ctx.rank::ctx.world_size], ood_labels=ood_labels, crop=cfg.data.crop_size,
-        seed=seed + 7919 * epoch, broken=broken, max_broken_share=cfg.data.max_broken_share)
-    n_id, _ = unlabeled_sizes(cfg)
-    iters = cfg.train.iters_per_epoch or max(1, len(sampler.unlabeled) // max(1, n_id or cfg.train.batch_size))
+    sampler = make_sampler(cfg, data, ctx, seed + 7919 * epoch, broken)
+    iters = steps_per_epoch(cfg, sampler)
     total = iters * cfg.train.epochs
     counts = ood_counts(cfg, total, cfg.seed)
 
@@ -93,6 +85,9 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
     while epoch < cfg.train.epochs:
         started = time.time()
         logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, counts, step, iters, total, amp)
+        logs["train_seconds"] = time.time() - started
+        if "launched_at" in data and epoch == resumed_from:   # trainer built → first training step
+            logs["startup_seconds"] = started - data["launched_at"]
         step += iters
         epoch += 1
         ious, miou = evaluate(unwrap(model), data["val"][ctx.rank::ctx.world_size], len(class_names), ctx)
@@ -106,6 +101,25 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
         if ctx.is_main and broken.paths:
             metrics["broken_sample_list"] = sorted(broken.paths)[:100]
         ctx.report(metrics, checkpoint)
+
+
+def make_sampler(cfg: ExperimentConfig, data: dict[str, Any], ctx: WorkerContext, seed: int,
+                 broken: BrokenSamples) -> StreamSampler:
+    """This worker's streams: all labeled images, its shard of the ID unlabeled and OOD images."""
+    ood_labels = None
+    if data.get("label_store"):
+        table = read_label_table(LabelStore(Path(data["label_store"])))
+        ood_labels = OODLabels(table, cfg.ood.teacher_thresh)
+    return StreamSampler(
+        labeled=data["labeled"], unlabeled=data["unlabeled"][ctx.rank::ctx.world_size],
+        ood=data["ood"][ctx.rank::ctx.world_size], ood_labels=ood_labels, crop=cfg.data.crop_size,
+        seed=seed, broken=broken, max_broken_share=cfg.data.max_broken_share)
+
+
+def steps_per_epoch(cfg: ExperimentConfig, sampler: StreamSampler) -> int:
+    """train.iters_per_epoch, or one pass over this worker's ID unlabeled shard (the paper's epoch)."""
+    n_id, _ = unlabeled_sizes(cfg)
+    return cfg.train.iters_per_epoch or max(1, len(sampler.unlabeled) // max(1, n_id or cfg.train.batch_size))
 
 
 # Keys a resumed run may change: how long it runs and with what resources, not what it computes.
