@@ -24,6 +24,9 @@ class TrainRequest:
 def _epoch_logger(uri: str, run_id: str, quiet: bool):
     def log(metrics: dict[str, Any]) -> None:
         tracking.log_metrics(uri, run_id, tracking.measurements(metrics), int(metrics.get("epoch", 0)))
+        if metrics.get("broken_sample_list"):
+            tracking.client(uri).log_text(run_id, "\n".join(metrics["broken_sample_list"]) + "\n",
+                                          "broken_samples.txt")
         if not quiet:
             print(f"epoch {metrics.get('epoch')}: val_miou {metrics.get('val_miou', float('nan')):.2f} "
                   f"(best {metrics.get('best_val_miou', float('nan')):.2f}) loss {metrics.get('loss', 0):.4f}",

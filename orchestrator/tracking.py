@@ -151,6 +151,8 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
             if step > self.last_step.get(trial.trial_id, 0):  # after a resume, epochs logged before the
                 log_metrics(uri, run_id, measurements(result), step)  # crash are not logged twice
                 self.last_step[trial.trial_id] = step
+            if result.get("broken_sample_list"):  # skipped unreadable files, listed with the run
+                client(uri).log_text(run_id, "\n".join(result["broken_sample_list"]) + "\n", "broken_samples.txt")
             if progress is not None:
                 progress(trial.trial_id, trial.config, result)
 

@@ -173,10 +173,15 @@ def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerCon
 
     model.eval()
     matrix = ConfusionMatrix(num_classes)
+    from orchestrator.data.voc import SampleError
+
     by_size: dict[tuple, list] = defaultdict(list)
     for image_path, mask_path in val:
-        image = load_image_cached(image_path)
-        by_size[image.shape].append((image, load_mask_cached(mask_path)))
+        try:
+            image, mask = load_image_cached(image_path), load_mask_cached(mask_path)
+        except SampleError:  # unreadable val files are left out (`run.py data check` lists them)
+            continue
+        by_size[image.shape].append((image, mask))
     with torch.inference_mode():
         for group in by_size.values():
             for start in range(0, len(group), EVAL_BATCH):
