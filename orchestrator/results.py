@@ -17,6 +17,7 @@ class TrialRow:
     best: float            # best value of the sweep's metric (NaN when never reported)
     epochs: int
     status: str            # done | stopped early | error
+    seconds: float = 0.0   # the trial's wall time (Tune's time_total_s)
 
 
 def trial_status(error: bool, epochs: int, max_epochs: int) -> str:
@@ -37,17 +38,19 @@ def rows_from_result_grid(grid, swept_keys: list[str], metric: str, mode: str, m
         epochs = int(metrics.get("epoch", len(values)) or 0)
         trial_id = str(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1])
         rows.append(TrialRow(trial_id, {k: result.config.get(k) for k in swept_keys}, best, epochs,
-                             trial_status(result.error is not None, epochs, max_epochs)))
+                             trial_status(result.error is not None, epochs, max_epochs),
+                             float(metrics.get("time_total_s", 0.0) or 0.0)))
     return sorted(rows, key=lambda r: [str(r.swept[k]) for k in swept_keys] + [r.trial_id])
 
 
 def _cells(row: TrialRow, swept_keys: list[str]) -> list[str]:
     best = "n/a" if math.isnan(row.best) else f"{row.best:.2f}"
-    return [row.trial_id, *(describe_value(row.swept[k]) for k in swept_keys), best, str(row.epochs), row.status]
+    return [row.trial_id, *(describe_value(row.swept[k]) for k in swept_keys), best, str(row.epochs), row.status,
+            f"{row.seconds:.0f}"]
 
 
 def headers(swept_keys: list[str], metric: str) -> list[str]:
-    return ["trial", *swept_keys, f"best {metric}", "epochs", "status"]
+    return ["trial", *swept_keys, f"best {metric}", "epochs", "status", "seconds"]
 
 
 def format_text(rows: list[TrialRow], swept_keys: list[str], metric: str) -> str:
@@ -72,5 +75,5 @@ def format_csv(rows: list[TrialRow], swept_keys: list[str], metric: str) -> str:
     writer.writerow(headers(swept_keys, metric))
     for r in rows:
         writer.writerow([r.trial_id, *(r.swept[k] for k in swept_keys),
-                         "" if math.isnan(r.best) else round(r.best, 4), r.epochs, r.status])
+                         "" if math.isnan(r.best) else round(r.best, 4), r.epochs, r.status, round(r.seconds, 1)])
     return buf.getvalue()

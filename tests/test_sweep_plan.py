@@ -54,11 +54,11 @@ def test_concurrency_from_cpus():
 
 
 def test_results_table_formats():
-    rows = [TrialRow("t1", {"ood.ratio": 0.5}, 31.234, 6, "done"),
+    rows = [TrialRow("t1", {"ood.ratio": 0.5}, 31.234, 6, "done", 61.4),
             TrialRow("t2", {"ood.ratio": 0.0}, float("nan"), 0, "error")]
     text = format_text(rows, ["ood.ratio"], "val_miou")
     assert "best val_miou" in text and "31.23" in text and "n/a" in text
-    assert format_markdown(rows, ["ood.ratio"], "val_miou").splitlines()[2] == "| t1 | 0.5 | 31.23 | 6 | done |"
-    assert format_csv(rows, ["ood.ratio"], "val_miou").splitlines()[1] == "t1,0.5,31.234,6,done"
+    assert format_markdown(rows, ["ood.ratio"], "val_miou").splitlines()[2] == "| t1 | 0.5 | 31.23 | 6 | done | 61 |"
+    assert format_csv(rows, ["ood.ratio"], "val_miou").splitlines()[1] == "t1,0.5,31.234,6,done,61.4"
     assert trial_status(False, 2, 6) == "stopped early" and trial_status(True, 6, 6) == "error"
     assert math.isnan(rows[1].best)
