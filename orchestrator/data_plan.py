@@ -45,21 +45,19 @@ def dataset_root(cfg: ExperimentConfig, cache_root: Path) -> Path:
 
 def build_plan(cfg: ExperimentConfig, cache_root: Path) -> DataPlan:
     from orchestrator.data.mixing import subsample_corpus
-    from orchestrator.data.voc import SegDataset, list_ood_corpus, load_vocabulary
+    from orchestrator.data.voc import SegDataset, load_vocabulary
 
     root = dataset_root(cfg, cache_root)
     ds = SegDataset.resolve(root, cfg.data.split, cfg.data.splits_dir or None)
     vocab = load_vocabulary(root)
-    ood_root = Path(cfg.ood.root).expanduser() if cfg.ood.root else root / "ood"
-    corpus = list_ood_corpus(ood_root) if cfg.uses_ood else []
+    corpus = ood_corpus(cfg, root) if cfg.uses_ood else []
     if cfg.ood.num_images > len(corpus):
-        raise ConfigError(f"ood.num_images={cfg.ood.num_images} but the OOD corpus {ood_root} has "
-                          f"{len(corpus)} images. Fix: use at most {len(corpus)}, or 0 for all.")
+        raise ConfigError(f"ood.num_images={cfg.ood.num_images} but the OOD corpus has {len(corpus)} "
+                          f"images. Fix: use at most {len(corpus)}, or 0 for all.")
     keep = subsample_corpus(corpus, cfg.ood.num_images, cfg.seed)  # nested: a larger subset adds images
-    base = ood_root if ood_root.is_dir() else ood_root.parent
-    ood = tuple((_image_id(img, base), img) for img, _ in keep)
-    return DataPlan(root=str(root), labeled=ds.labeled, unlabeled=ds.unlabeled, val=ds.val, ood=ood,
-                    ood_masks=tuple(mask for _, mask in keep), vocabulary=vocab,
+    return DataPlan(root=str(root), labeled=ds.labeled, unlabeled=ds.unlabeled, val=ds.val,
+                    ood=tuple((image_id, path) for image_id, path, _ in keep),
+                    ood_masks=tuple(mask for _, _, mask in keep), vocabulary=vocab,
                     teacher_vocabulary=teacher_vocabulary(root, vocab))
 
 
@@ -77,6 +75,16 @@ def teacher_vocabulary(root: Path, target: Vocabulary) -> Vocabulary:
             extra = tuple(concept for c in others for concept in c.concepts)
     merged = tuple(dict.fromkeys(target.background_concepts + extra))
     return Vocabulary(classes=target.classes, background_concepts=merged)
+
+
+def ood_corpus(cfg: ExperimentConfig, data_root: Path) -> list[tuple[str, str, str | None]]:
+    """(image_id, image path, ground-truth mask or None) of the whole OOD corpus, in corpus order.
+    The id is the path relative to the corpus folder: stable across machines that mount it elsewhere."""
+    from orchestrator.data.voc import list_ood_corpus
+
+    root = Path(cfg.ood.root).expanduser() if cfg.ood.root else data_root / "ood"
+    base = root if root.is_dir() else root.parent
+    return [(_image_id(img, base), img, mask) for img, mask in list_ood_corpus(root)]
 
 
 def _image_id(path: str, base: Path) -> str:

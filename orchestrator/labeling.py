@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from orchestrator.label_cache import LabelStore, encode_png
+from orchestrator.labeling_diagnostics import GT_MAX_IMAGES, OVERLAY_IMAGES
 
 CONF_BINS = 10
+TMP_PREFIX = "."  # temp folders are hidden: `.<key>.tmp-<random>` beside the entries
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class LabelingJob:
     gpus_per_actor: float = 0.0
     batch_size: int = 64
     max_broken_share: float = 0.05
+    # Ground-truth mask per item (None = none), for the teacher-IoU diagnostic only. Empty = look for the
+    # VOC layout's `<corpus>/SegmentationClass/<stem>.png` beside `<corpus>/JPEGImages/<stem>.<ext>`.
+    masks: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ class TeacherActor:
         self.teacher = build_teacher(TeacherSpec(**teacher_spec), self.vocab)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if "image" not in batch:  # no CPUs left for decode tasks: decode here (see decode_cpus)
+            batch = decode_batch(batch)
         n = len(batch["image_id"])
         labels: list[bytes] = [b""] * n
         confs: list[bytes] = [b""] * n
@@ -120,12 +127,19 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
             m = store.manifest()
             return LabelingOutcome(store.key, str(store.root), m["images"], m["labeled"], m["rejected"],
                                    True, time.time() - start)
-        tmp = store.root.parent / f".{store.key}.tmp-{uuid.uuid4().hex[:8]}"
+        _remove_leftovers(store)  # we hold the key's lock: any temp folder of this key is a dead run's
+        tmp = store.root.parent / f"{TMP_PREFIX}{store.key}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             _write_shards(job, tmp / "shards")
-            manifest = _manifest(job, tmp / "shards", time.time() - start)
+            pipeline_seconds = time.time() - start
+            manifest = _manifest(job, tmp / "shards", pipeline_seconds)
             _check_broken_share(job, manifest)  # before committing: a bad corpus must not become a cache hit
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            began = time.time()
+            manifest["diagnostics"] = _write_diagnostics(job, tmp, manifest)
+            manifest["timing"] = {"pipeline_seconds": round(pipeline_seconds, 2),
+                                  "diagnostics_seconds": round(time.time() - began, 2)}
+            manifest["seconds"] = round(time.time() - start, 2)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the entry complete
             if store.root.exists():  # a torn leftover without manifest: replace it
                 shutil.rmtree(store.root)
             tmp.rename(store.root)
@@ -135,13 +149,35 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
                            manifest["rejected"], False, time.time() - start)
 
 
+def _remove_leftovers(store: LabelStore) -> None:
+    for old in store.root.parent.glob(f"{TMP_PREFIX}{store.key}.tmp-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    if store.root.exists():  # an entry without a manifest never completed
+        shutil.rmtree(store.root, ignore_errors=True)
+
+
+def decode_cpus(cluster_cpus: float, actors: int, cpus_per_actor: float) -> float:
+    """CPUs reserved per decode task: 0.5 while the actor pool leaves that much free, else 0 = decode inside
+    the actors. A decode task that reserves CPUs the pool holds never starts, and the pipeline hangs (2 one-CPU
+    actors on 2 CPUs); unreserved (num_cpus=0) tasks make Ray start a worker process per task (measured: 28
+    workers, 28 images/s on 2 cores). Decoding is a few percent of the teacher's time, so the actors absorb it."""
+    return 0.5 if cluster_cpus - actors * cpus_per_actor >= 0.5 else 0.0
+
+
+def num_blocks(images: int, actors: int, batch_size: int) -> int:
+    """Input blocks: a whole number of batches each, at least 4 per actor (the pool pulls blocks dynamically,
+    so several per actor keep them all busy to the end), at most 200 (per-block overhead)."""
+    return max(1, min(images, max(4 * actors, min(200, images // max(1, batch_size)))))
+
+
 def _write_shards(job: LabelingJob, out: Path) -> None:
     import ray
 
-    blocks = max(4 * job.actors, min(200, len(job.items) // max(1, job.batch_size)))
     rows = [{"image_id": i, "path": p} for i, p in job.items]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(blocks, len(rows))))
-    ds = ds.map_batches(decode_batch, batch_size=job.batch_size, num_cpus=0.5)
+    ds = ray.data.from_items(rows, override_num_blocks=num_blocks(len(rows), job.actors, job.batch_size))
+    cpus = decode_cpus(ray.cluster_resources().get("CPU", 0.0), job.actors, job.cpus_per_actor)
+    if cpus > 0:
+        ds = ds.map_batches(decode_batch, batch_size=job.batch_size, num_cpus=cpus)
     ds = ds.map_batches(
         TeacherActor,
         compute=ray.data.ActorPoolStrategy(size=job.actors),
@@ -160,7 +196,7 @@ def _manifest(job: LabelingJob, shards: Path, seconds: float) -> dict[str, Any]:
     table = pq.read_table(shards, columns=["image_id", "error", "class_pixels", "conf_hist"])
     errors = table.column("error").to_pylist()
     ids = table.column("image_id").to_pylist()
-    rejected = [{"image_id": i, "error": e} for i, e in zip(ids, errors) if e]
+    rejected = sorted(({"image_id": i, "error": e} for i, e in zip(ids, errors) if e), key=lambda r: r["image_id"])
     ok = [k for k, e in enumerate(errors) if not e]
     pixels = np.array(table.column("class_pixels").to_pylist(), np.int64)[ok].sum(axis=0) if ok else None
     hist = np.array(table.column("conf_hist").to_pylist(), np.int64)[ok].sum(axis=0) if ok else None
@@ -169,10 +205,66 @@ def _manifest(job: LabelingJob, shards: Path, seconds: float) -> dict[str, Any]:
     return {
         "key": job.store.key, "key_inputs": job.key_inputs, "images": len(ids), "labeled": len(ok),
         "rejected": len(rejected), "rejected_images": rejected, "seconds": round(seconds, 2),
+        "labeled_ids": sorted(ids[k] for k in ok)[:max(OVERLAY_IMAGES, GT_MAX_IMAGES)],  # popped below
         "diagnostics": {"class_pixel_share": dict(zip(names, share)),
                         "confidence_histogram": hist.tolist() if hist is not None else [],
                         "confidence_bins": CONF_BINS},
     }
+
+
+def _ground_truth_paths(job: LabelingJob) -> dict[str, str]:
+    """image_id → mask path for the items that have ground truth (explicit, or found by the VOC layout)."""
+    if job.masks:
+        return {i: m for (i, _), m in zip(job.items, job.masks) if m}
+    found = {}
+    for image_id, path in job.items:
+        p = Path(path)
+        if p.parent.name == "JPEGImages":
+            mask = p.parent.parent / "SegmentationClass" / f"{p.stem}.png"
+            if mask.is_file():
+                found[image_id] = str(mask)
+    return found
+
+
+def _write_diagnostics(job: LabelingJob, entry: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Plots and numbers into `<entry>/diagnostics/`, from a fixed handful of images (overlays) and a bounded
+    slice with ground truth (teacher IoU); reads only those rows back from the shards."""
+    import pyarrow.dataset as pads
+
+    from orchestrator.data.voc import SampleError, load_image, load_mask
+    from orchestrator.label_cache import decode_png
+    from orchestrator.labeling_diagnostics import GroundTruthScore, Sample, write_diagnostics
+
+    labeled = manifest.pop("labeled_ids")
+    names = [c["name"] for c in job.vocabulary["classes"]]
+    masks = _ground_truth_paths(job)
+    overlay_ids = labeled[:OVERLAY_IMAGES]
+    gt_ids = [i for i in labeled if i in masks][:GT_MAX_IMAGES]
+    wanted = sorted(set(overlay_ids) | set(gt_ids))
+    paths = dict(job.items)
+    rows = {}
+    if wanted:
+        table = pads.dataset(str(entry / "shards"), format="parquet").to_table(
+            columns=["image_id", "label", "confidence"], filter=pads.field("image_id").isin(wanted))
+        rows = {i: (l, c) for i, l, c in zip(*(table.column(k).to_pylist() for k in table.column_names))}
+    score = GroundTruthScore(len(names)) if gt_ids else None
+    for image_id in gt_ids:
+        try:
+            score.update(image_id, decode_png(rows[image_id][0]), load_mask(masks[image_id]))
+        except SampleError as err:
+            score.skipped.append({"image_id": image_id, "reason": str(err)})
+    samples = []
+    for image_id in overlay_ids:
+        label, conf = (decode_png(b) for b in rows[image_id])
+        try:
+            gt = load_mask(masks[image_id]) if image_id in masks else None
+        except SampleError:
+            gt = None
+        samples.append(Sample(image_id, load_image(paths[image_id]), label, conf, gt))
+    share = list(manifest["diagnostics"]["class_pixel_share"].values())
+    return write_diagnostics(entry / "diagnostics", names=names, class_pixel_share=share,
+                             confidence_histogram=manifest["diagnostics"]["confidence_histogram"],
+                             samples=samples, ground_truth=score)
 
 
 def _check_broken_share(job: LabelingJob, manifest: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from orchestrator.config import ExperimentConfig
-from orchestrator.data_plan import dataset_root, teacher_vocabulary
+from orchestrator.data_plan import dataset_root, ood_corpus, teacher_vocabulary
 from orchestrator.errors import UserError
 from orchestrator.label_cache import (LabelStore, cache_key, corpus_fingerprint, digest_json, key_inputs)
 from orchestrator.labeling import LabelingJob, LabelingOutcome
@@ -67,16 +67,6 @@ def ensure_fitted_teacher(cfg: ExperimentConfig, cache_root: Path, data_root: Pa
     return path
 
 
-def full_corpus(cfg: ExperimentConfig, data_root: Path) -> list[tuple[str, str]]:
-    """(image_id, path) of the whole OOD corpus: labels are made once for all of it, subsets read them."""
-    from orchestrator.data.voc import list_ood_corpus
-    from orchestrator.data_plan import _image_id
-
-    root = Path(cfg.ood.root).expanduser() if cfg.ood.root else data_root / "ood"
-    base = root if root.is_dir() else root.parent
-    return [(_image_id(img, base), img) for img, _ in list_ood_corpus(root)]
-
-
 def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
     from orchestrator.data.voc import load_vocabulary
     from orchestrator.teachers.base import weights_digest_for
@@ -84,7 +74,8 @@ def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
     data_root = dataset_root(cfg, cache_root)
     spec = teacher_spec(cfg, cache_root, data_root)
     vocab = teacher_vocabulary(data_root, load_vocabulary(data_root))
-    items = full_corpus(cfg, data_root)
+    corpus = ood_corpus(cfg, data_root)  # the whole corpus: subsets (ood.num_images) read from it
+    items = [(image_id, path) for image_id, path, _ in corpus]
     weights = weights_digest_for(spec.pretrained, spec.arch) if os.path.isfile(spec.pretrained) or \
         spec.kind == "maskclip" else "missing"
     inputs = key_inputs(teacher_kind=spec.kind, weights_digest=weights, arch=spec.arch, templates=spec.templates,
@@ -94,7 +85,8 @@ def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
     return LabelingJob(store=LabelStore.at(cache_root, cache_key(inputs)), key_inputs=inputs, items=items,
                        teacher_spec=asdict(spec), vocabulary=vocab.to_dict(), actors=r.teacher_actors,
                        cpus_per_actor=r.cpus_per_teacher, gpus_per_actor=r.gpus_per_teacher,
-                       batch_size=cfg.teacher.batch_size, max_broken_share=cfg.data.max_broken_share)
+                       batch_size=cfg.teacher.batch_size, max_broken_share=cfg.data.max_broken_share,
+                       masks=tuple(mask for _, _, mask in corpus))
 
 
 def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print) -> LabelingOutcome:

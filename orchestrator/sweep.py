@@ -116,6 +116,7 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     client.log_text(parent, results.format_csv(rows, space.swept_keys, space.metric), "summary/results.csv")
     seconds = time.time() - started
     client.log_metric(parent, "sweep_seconds", seconds)
+    client.log_metric(parent, "cost.trial_seconds_total", sum(r.seconds for r in rows))
     failed = [r for r in rows if r.status == "error"]
     client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
     return SweepOutcome(name, experiment_id, parent, rows, table, seconds, uri)
@@ -137,13 +138,23 @@ def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]]
 
 
 def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: list[dict]) -> None:
+    from orchestrator.labeling_diagnostics import metrics_for_mlflow
+
     client = tracking.client(uri)
     client.log_text(parent, state["space_text"], f"inputs/{Path(state['space']).name}")
     client.log_text(parent, json.dumps(state["base"], indent=1, sort_keys=True), "inputs/base_config.json")
     for i, summary in enumerate(labeling):
-        manifest = Path(summary["path"]) / "manifest.json"
+        entry = Path(summary["path"])
+        manifest = entry / "manifest.json"
         if manifest.is_file():
             client.log_text(parent, manifest.read_text(), f"labeling/{summary['cache_key']}/manifest.json")
+        diagnostics = entry / "diagnostics"   # plots + numbers kept with the cache entry (labeling_diagnostics)
+        if diagnostics.is_dir():
+            client.log_artifacts(parent, str(diagnostics), f"labeling/{summary['cache_key']}/diagnostics")
+            numbers = json.loads((diagnostics / "diagnostics.json").read_text())
+            teacher = f"teacher.{i}." if len(labeling) > 1 else "teacher."
+            for name, value in metrics_for_mlflow(numbers, teacher).items():
+                client.log_metric(parent, name, value)
         prefix = f"labeling.{i}." if len(labeling) > 1 else "labeling."
         for key in ("images", "labeled", "rejected", "seconds"):
             client.log_metric(parent, prefix + key, float(summary[key]))

@@ -22,6 +22,17 @@ def test_any_input_that_changes_the_labels_changes_the_key(change):
     assert cache_key(key_inputs(**{**BASE, **change})) != cache_key(key_inputs(**BASE))
 
 
+def test_class_order_and_code_version_change_the_key(monkeypatch):
+    # Label ids are indices into the vocabulary: the same names in another order are other labels.
+    swapped = {"classes": [{"name": "disk"}, {"name": "background"}]}
+    assert cache_key(key_inputs(**{**BASE, "vocabulary": swapped})) != cache_key(key_inputs(**BASE))
+    import orchestrator.label_cache as label_cache
+
+    before = cache_key(key_inputs(**BASE))
+    monkeypatch.setattr(label_cache, "LABELING_CODE_VERSION", "next")
+    assert cache_key(key_inputs(**BASE)) != before
+
+
 def test_same_inputs_same_key():
     assert cache_key(key_inputs(**BASE)) == cache_key(key_inputs(**dict(BASE)))
 
