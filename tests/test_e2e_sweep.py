@@ -39,6 +39,12 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["train.method"] == "semiovs"
     assert parent.data.metrics["labeling.labeled"] == TINY["data.num_ood"]
+    entries = [a.path for a in client.list_artifacts(parent.info.run_id, "labeling")]
+    assert len(entries) == 1                      # one teacher setting → one labeling run, diagnostics kept
+    diagnostics = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id,
+                                                                             f"{entries[0]}/diagnostics")}
+    assert "diagnostics.json" in diagnostics and any(name.endswith(".png") for name in diagnostics)
+    assert 0 <= parent.data.metrics["teacher.miou"] <= 100
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert artifacts == {"summary/results.md", "summary/results.csv"}
     for run in trials:
