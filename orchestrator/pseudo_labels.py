@@ -18,7 +18,7 @@ from orchestrator.label_cache import (LabelStore, cache_key, corpus_fingerprint,
 from orchestrator.labeling import LabelingJob, LabelingOutcome
 from orchestrator.paths import inside
 
-TEXTSEG_FIT_VERSION = "1"
+TEXTSEG_FIT_VERSION = "2"  # bump when fit_textseg changes what it learns (2: class balance, channel shuffle)
 
 
 def fitted_textseg_path(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> Path:

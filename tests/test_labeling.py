@@ -287,7 +287,7 @@ def test_a_labeling_run_killed_mid_write_leaves_no_complete_looking_entry(ray_se
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
-    assert 0 < written < 160                                  # it was killed part-way through
+    assert written > 0              # killed while writing, before the manifest (the teacher may have finished)
     assert not store.is_complete() and not store.root.exists()  # nothing that looks like an entry
     assert len(leftovers(cache)) == 1                         # only a hidden temp folder is left behind
 

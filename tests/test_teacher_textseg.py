@@ -49,7 +49,8 @@ def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.n
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[str, dict]:
     images, masks = make_shapes(200, seed=0)
-    ckpt = fit_textseg(images, masks, SOURCE, steps=100, batch_size=16, seed=0)
+    # channel_shuffle off: these toy shapes are class-tinted on purpose so that 100 steps suffice.
+    ckpt = fit_textseg(images, masks, SOURCE, steps=100, batch_size=16, seed=0, channel_shuffle=0.0)
     path = str(tmp_path_factory.mktemp("textseg") / "teacher.pt")
     save_checkpoint(ckpt, path)
     return path, ckpt
@@ -175,3 +176,29 @@ def test_fit_rejects_bad_inputs():
         fit_textseg(images, np.where(masks == 0, 3, 3).astype(np.uint8), TARGET, steps=1)
     with pytest.raises(ValueError, match="steps=0 must be >= 1"):
         fit_textseg(images, masks, SOURCE, steps=0)
+
+
+def test_class_weights_upweight_rare_classes_and_keep_mean_pixel_weight_one():
+    from orchestrator.teachers.textseg_fit import _class_weights
+
+    masks = np.zeros((2, 10, 10), np.uint8)
+    masks[0, :2] = 1          # 20 px of class 1, 180 px of background
+    masks[1, 0, 0] = 255      # ignored pixels are not counted
+    assert _class_weights(masks, 3, 0.0) is None
+    w = _class_weights(masks, 3, 0.5).numpy()
+    freq = np.array([179, 20, 0], float)
+    freq = np.maximum(freq, 1) / 199
+    assert w[1] > w[0] and w[2] > w[1]
+    assert abs(float((w[:2] * freq[:2]).sum() + w[2] * freq[2]) - 1.0) < 1e-5
+
+
+def test_channel_shuffle_permutes_whole_images_only():
+    from orchestrator.teachers.textseg_fit import _shuffle_channels
+
+    images, _ = make_shapes(8, size=16, seed=4)
+    gen = np.random.default_rng(0)
+    out = _shuffle_channels(images, gen, 1.0)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    for a, b in zip(images, out):  # same pixels, each image's channels in some order
+        assert sorted(a.reshape(-1, 3).sum(0).tolist()) == sorted(b.reshape(-1, 3).sum(0).tolist())
+    assert np.array_equal(_shuffle_channels(images, gen, 0.0), images)
