@@ -6,6 +6,7 @@ run and each trial's child run instead of creating duplicates.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -138,7 +139,10 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
                 swept = " ".join(f"{k}={v}" for k, v in sorted(trial.config.items()))
                 name = f"{trial.trial_id} {swept}".strip()  # readable in the UI's run list
                 run_id = client(uri).create_run(experiment_id, run_name=name, tags=tags).info.run_id
-                log_params(uri, run_id, {**base_params, **trial.config})
+                resolved = {**base_params, **trial.config}
+                log_params(uri, run_id, resolved)
+                # the resolved config as one file too: `run.py train --set ...` can replay it
+                client(uri).log_text(run_id, json.dumps(resolved, indent=1, sort_keys=True), "config.json")
             self.run_ids[trial.trial_id] = run_id
             return run_id
 

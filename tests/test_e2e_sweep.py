@@ -56,6 +56,7 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
         assert all(0.0 <= m.value <= 100.0 for m in history)
         assert run.data.metrics["best_val_miou"] == max(m.value for m in history)
         assert any(k.startswith("val_iou.") for k in run.data.metrics)
+        assert "config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     check_ui_shows_runs(mlflow_server, out.experiment_id, parent.info.run_name, trials)
 
