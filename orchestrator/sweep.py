@@ -106,6 +106,11 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     experiment_id = tracking.ensure_experiment(uri, name)
     parent = tracking.start_parent_run(uri, experiment_id, name, base, resume=req.resume)
     _log_sweep_inputs(uri, parent, state, labeling)
+    teacher_runs = sum(not summary["reused"] for summary in labeling)
+    tracking.client(uri).log_metric(parent, "labeling.keys", len(labeling))
+    tracking.client(uri).log_metric(parent, "labeling.teacher_runs", teacher_runs)
+    say(f"OOD labels: {len(labeling)} key(s) for {space.num_trials()} trial(s); the teacher ran for "
+        f"{teacher_runs}, {len(labeling) - teacher_runs} reused from the cache; trials never run it")
 
     grid = _fit_tuner(space, base, name, storage, cache, sweep_dir, uri, experiment_id, parent, req, say)
     rows = results.rows_from_result_grid(grid, space.swept_keys, space.metric, space.mode,

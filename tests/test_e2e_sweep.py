@@ -39,6 +39,7 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["train.method"] == "semiovs"
     assert parent.data.metrics["labeling.labeled"] == TINY["data.num_ood"]
+    assert parent.data.metrics["labeling.keys"] == 1 and parent.data.metrics["labeling.teacher_runs"] == 1
     entries = [a.path for a in client.list_artifacts(parent.info.run_id, "labeling")]
     assert len(entries) == 1                      # one teacher setting → one labeling run, diagnostics kept
     diagnostics = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id,
@@ -135,3 +136,13 @@ def test_single_local_mode_run_logs_every_epoch(ray_session, shared_cache, tmp_p
     run = client.get_run(out["run_id"])
     assert run.data.tags["role"] == "run" and run.data.params["train.method"] == "unimatch"
     assert "mask_ratio" in run.data.metrics and "loss_u" in run.data.metrics
+
+
+def test_teacher_eval_scores_the_teacher_against_ood_ground_truth(shared_cache):
+    from orchestrator.config import build_config
+    from orchestrator.teacher_eval import evaluate_on_ood
+
+    out = evaluate_on_ood(build_config(TINY), shared_cache, num_images=20)
+    assert out["images"] == 20 and 0 <= out["miou"] <= 100
+    assert list(out["per_class_iou"]) == ["background", "disk", "square", "triangle", "cross", "ring"]
+    assert out["per_class_iou"]["background"] > 50     # even a 30-step teacher finds the background
