@@ -12,6 +12,17 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Intra-op threads stall badly when the 2 cores are shared with other processes; 1 thread is fastest."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray cluster with 2 CPUs and the dashboard on (Train's placement-group cleaner needs it)."""

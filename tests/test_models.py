@@ -8,13 +8,7 @@ from trainables.models import ARCHS, build_student
 from trainables.optim import param_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Intra-op threads stall badly when the 2 cores are shared with other processes; 1 thread is fastest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module", params=ARCHS)

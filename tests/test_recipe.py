@@ -9,13 +9,7 @@ from trainables.optim import apply_poly_lr, build_optimizer, poly_lr
 from trainables.recipe import train_step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Intra-op threads stall badly when the 2 cores are shared with other processes; 1 thread is fastest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 S = 4  # image side
 K = 4  # classes = input channels of the spy model
