@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ def data_synth(args: argparse.Namespace) -> int:
             root = Path(args.out).resolve()
         else:
             root = ensure_shapes(_cache(args), spec)
-            manifest = __import__("json").loads((root / "manifest.json").read_text())
+            manifest = json.loads((root / "manifest.json").read_text())
     except ValueError as err:
         raise UserError(str(err)) from None
     print_json({"root": str(root), "digest": manifest.get("digest"), "counts": manifest.get("counts")})
