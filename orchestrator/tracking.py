@@ -6,6 +6,7 @@ run and each trial's child run instead of creating duplicates.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,7 +44,9 @@ def artifact_root_for(uri: str) -> str | None:
     return None  # a server decides where artifacts go
 
 
+@functools.lru_cache(maxsize=8)
 def client(uri: str):
+    """One MlflowClient per store, reused: the callback calls this for every epoch of every trial."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
