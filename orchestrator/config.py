@@ -115,6 +115,7 @@ class TrainConfig:
     amp: bool = False           # mixed precision (GPU only)
     sync_bn: bool = False       # SyncBatchNorm across DDP workers (GPU only)
     max_failures: int = 1       # worker failures survived per trial (restart from the last checkpoint)
+    overlay_images: int = 4     # val images drawn with their predictions every epoch (0 = off); MLflow artifact
 
     def __post_init__(self):
         _one_of(self.method, METHODS, "train.method")
@@ -125,6 +126,8 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1", "use a positive batch size")
         _require(self.lr > 0, "train.lr", "must be > 0", "use a positive learning rate")
         _require(self.num_workers >= 0, "train.num_workers", "is negative", "use 0 (local mode) or more")
+        # the grid travels inside every epoch's report, so it stays a handful of images
+        _between(self.overlay_images, 0, 16, "train.overlay_images")
 
 
 @dataclass

@@ -1,0 +1,142 @@
+"""Per-epoch evaluation pictures of a trial: the confusion matrix and the prediction overlays.
+
+Pure rendering: arrays in, PNG bytes out; no MLflow, no Ray. The overlay grid is drawn in the train worker
+(PIL only, a few milliseconds) and travels base64-encoded in the epoch's report; the confusion matrix is
+drawn by the driver from the reported counts (matplotlib, Agg, no pyplot state).
+"""
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# Keys an epoch's report carries for these pictures; they are not metrics.
+MATRIX_KEY, CLASSES_KEY, OVERLAY_KEY = "confusion_matrix", "class_names", "overlay_png_b64"
+PAYLOAD_KEYS = (MATRIX_KEY, CLASSES_KEY, OVERLAY_KEY)
+MAX_TILE_SIDE = 160
+GAP = 2  # pixels between tiles
+
+
+# ---- confusion matrix ---------------------------------------------------------------------------
+
+def row_normalised(matrix: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """Percent of each ground-truth row (rows = ground truth, cols = prediction); NaN for an absent class."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, 100.0 * counts / totals, np.nan)
+
+
+def _count_text(n: float) -> str:
+    return f"{n:.0f}" if n < 1000 else f"{n / 1000:.1f}k" if n < 1e6 else f"{n / 1e6:.1f}M"
+
+
+def confusion_matrix_png(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str],
+                         title: str = "") -> bytes:
+    """Row-normalised heat map with class names on both axes; each cell says its percent (and its pixel
+    count while the matrix is small enough for two lines per cell)."""
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    k = counts.shape[0]
+    if counts.shape != (k, k) or len(class_names) != k:
+        raise ValueError(f"confusion matrix {counts.shape} does not match {len(class_names)} class names")
+    pct = row_normalised(counts)
+    font = 8.0 if k <= 8 else 6.5
+    label_in = 0.6 + 0.075 * max(len(n) for n in class_names) * font / 8  # room for the longest name
+    grid_in = max(2.4, 0.42 * k)
+    fig = Figure(figsize=(grid_in + label_in + 0.3, grid_in + label_in + 0.4), dpi=100)
+    w, h = fig.get_size_inches()
+    ax = fig.add_axes((label_in / w, label_in / h, grid_in / w, grid_in / h))  # fixed layout: no tight_layout cost
+    ax.imshow(np.nan_to_num(pct, nan=0.0), cmap="Blues", vmin=0, vmax=100)
+    with_counts = k <= 10
+    for t, p in zip(*np.nonzero(counts)):
+        text = f"{pct[t, p]:.0f}%" + (f"\n{_count_text(counts[t, p])}" if with_counts else "")
+        ax.text(p, t, text, ha="center", va="center", fontsize=font,
+                color="white" if pct[t, p] > 55 else "black")
+    names = [n if np.isfinite(pct[i]).any() else f"{n} (absent)" for i, n in enumerate(class_names)]
+    ax.set_xticks(range(k), list(class_names), rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(k), names, fontsize=font)
+    ax.set_xlabel("prediction", fontsize=9)
+    ax.set_ylabel("ground truth (row = 100%)", fontsize=9)
+    ax.set_title(title or "confusion matrix", fontsize=10)
+    return _figure_png(fig)
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ---- prediction overlays ------------------------------------------------------------------------
+
+def tile_size(h: int, w: int, max_side: int = MAX_TILE_SIDE) -> tuple[int, int]:
+    """(height, width) of a tile: aspect kept, longest side at most max_side (small images stay as they are)."""
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """HxW class ids -> HxWx3 colours of the Pascal VOC palette (255 = ignore in VOC's boundary colour)."""
+    from orchestrator.data.voc import voc_palette
+
+    colours = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    return colours[label.astype(np.uint8)]
+
+
+def _tile(array: np.ndarray, size: tuple[int, int], is_label: bool) -> Image.Image:
+    image = Image.fromarray(colorize(array) if is_label else array)
+    h, w = size
+    return image if image.size == (w, h) else image.resize((w, h), Image.NEAREST if is_label else Image.BILINEAR)
+
+
+def overlay_grid_png(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                     max_side: int = MAX_TILE_SIDE) -> bytes:
+    """One row per image: image | ground truth | prediction, labels in the VOC palette, tiles ≤ max_side."""
+    if not (len(images) == len(truths) == len(preds)) or not images:
+        raise ValueError(f"need as many images, ground truths and predictions (got {len(images)}, "
+                         f"{len(truths)}, {len(preds)}), at least one")
+    sizes = [tile_size(*img.shape[:2], max_side) for img in images]
+    col_w = max(w for _, w in sizes)
+    font = ImageFont.load_default()
+    header = 12
+    height = header + sum(h for h, _ in sizes) + GAP * (len(sizes) - 1)
+    grid = Image.new("RGB", (3 * col_w + 2 * GAP, height), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, name in enumerate(("image", "ground truth", "prediction")):
+        draw.text((c * (col_w + GAP) + 2, 0), name, fill="black", font=font)
+    top = header
+    for img, gt, pred, size in zip(images, truths, preds, sizes):
+        for c, (array, is_label) in enumerate(((img, False), (gt, True), (pred, True))):
+            grid.paste(_tile(array, size, is_label), (c * (col_w + GAP), top))
+        top += size[0] + GAP
+    return _image_png(grid)
+
+
+def _image_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+# ---- report payload <-> files -------------------------------------------------------------------
+
+def encode_png(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def epoch_files(payload: dict[str, Any], epoch: int) -> dict[str, bytes]:
+    """File name -> PNG bytes for the pictures an epoch's report carries (none when it carries none)."""
+    files: dict[str, bytes] = {}
+    matrix, names = payload.get(MATRIX_KEY), payload.get(CLASSES_KEY)
+    if matrix and names:
+        files[f"confusion_matrix_epoch_{epoch:03d}.png"] = confusion_matrix_png(
+            matrix, names, f"val confusion matrix, epoch {epoch}")
+    if payload.get(OVERLAY_KEY):
+        files[f"overlays_epoch_{epoch:03d}.png"] = base64.b64decode(payload[OVERLAY_KEY])
+    return files
