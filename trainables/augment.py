@@ -182,7 +182,7 @@ def weak_pair(
 
 def unlabeled_views(
     image: np.ndarray, mask: np.ndarray, crop: int, mask_fill: int, rng: np.random.Generator,
-    *, conf: np.ndarray | None = None, cutmix_p: float = 0.5,
+    *, conf: np.ndarray | None = None, gt: np.ndarray | None = None, cutmix_p: float = 0.5,
 ) -> dict[str, Tensor]:
     """Unlabeled sample (ID with mask_fill=254, OOD with 255) -> the tensors of one stream.
 
@@ -190,10 +190,15 @@ def unlabeled_views(
     crop padding for ID, padding + teacher-ignored pixels for OOD); box1, box2 [crop,crop] uint8;
     mask [crop,crop] int64 (the transformed mask: the OOD label, unused for ID); and `conf` [crop,crop]
     float in [0,1] when a uint8 confidence map (round(255·p)) is given; it moves with the mask.
+    A ground-truth mask `gt` (255 = none) rides along as one more channel, so it gets exactly the image's
+    geometry; it comes back as `gt` [crop,crop] int64 (padding = mask_fill, i.e. 255 for OOD). Extra
+    channels draw no random numbers: the views are the same with or without them.
     """
-    stacked = mask if conf is None else np.stack([mask, conf], axis=-1)
+    planes = [mask] + [p for p in (conf, gt) if p is not None]
+    stacked = mask if len(planes) == 1 else np.stack(planes, axis=-1)
     image, stacked = geometric(image, stacked, crop, mask_fill, rng)
-    label = stacked if conf is None else stacked[..., 0]
+    moved = [stacked] if len(planes) == 1 else [stacked[..., i] for i in range(len(planes))]
+    label = moved[0]
     s1, s2 = strong_view(image, rng), strong_view(image, rng)
     out = {
         "u_w": to_tensor_normalized(image),
@@ -205,5 +210,7 @@ def unlabeled_views(
         "mask": torch.from_numpy(np.ascontiguousarray(label)).long(),
     }
     if conf is not None:
-        out["conf"] = torch.from_numpy(np.ascontiguousarray(stacked[..., 1])).float().div_(255.0)
+        out["conf"] = torch.from_numpy(np.ascontiguousarray(moved[1])).float().div_(255.0)
+    if gt is not None:
+        out["gt"] = torch.from_numpy(np.ascontiguousarray(moved[-1])).long()
     return out

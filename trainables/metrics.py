@@ -38,6 +38,12 @@ class ConfusionMatrix:
     def reset(self) -> None:
         self.mat = None
 
+    def as_lists(self) -> list[list[int]]:
+        """The counts as plain ints (what an epoch's report carries; the driver draws them)."""
+        if self.mat is None:
+            return [[0] * self.num_classes for _ in range(self.num_classes)]
+        return self.mat.cpu().tolist()
+
     def compute(self) -> tuple[list[float], float]:
         """(IoU per class, mIoU), in percent.
 
@@ -64,3 +70,30 @@ class ConfusionMatrix:
             device = "cuda" if dist.get_backend() == "nccl" else "cpu"
             self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
         dist.all_reduce(self.mat)
+
+
+# Pixel counts behind the OOD pseudo-label agreement; train_step logs them, the epoch pools them.
+OOD_GT_COUNTS = ("ood_gt_agree_px", "ood_gt_used_px", "ood_gt_valid_px")
+
+
+def label_agreement_counts(label: Tensor, used: Tensor, truth: Tensor) -> dict[str, float]:
+    """Pixel counts of pseudo-labels against ground truth (255 in `truth` = no ground truth there).
+
+    valid = pixels with ground truth; used = valid pixels the loss trains on; agree = used pixels whose
+    pseudo-label equals the ground truth.
+    """
+    valid = truth != IGNORE
+    used_valid = used.bool() & valid
+    agree = used_valid & (label.long() == truth.long())
+    return dict(zip(OOD_GT_COUNTS, (float(agree.sum()), float(used_valid.sum()), float(valid.sum()))))
+
+
+def label_agreement(agree_px: float, used_px: float, valid_px: float) -> dict[str, float]:
+    """ood_label_agreement (% of used pixels that are right) and ood_label_coverage (% of valid pixels
+    used), in percent; a share whose denominator is zero is left out rather than reported as 0."""
+    out = {}
+    if valid_px > 0:
+        out["ood_label_coverage"] = 100.0 * used_px / valid_px
+    if used_px > 0:
+        out["ood_label_agreement"] = 100.0 * agree_px / used_px
+    return out

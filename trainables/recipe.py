@@ -12,7 +12,8 @@ Batch keys (tensors already on the device):
   labeled      x [B,3,H,W], y [B,H,W]
   ID unlabeled u_w, u_s1, u_s2 [Bu,3,H,W], ign_u [Bu,H,W], box1, box2 [Bu,H,W]
   mix partner  m_w, m_s1, m_s2 [Bu,3,H,W], ign_m [Bu,H,W]
-  OOD          o_w, o_s1, o_s2 [Bo,3,H,W], ign_o [Bo,H,W], y_o [Bo,H,W] (teacher labels), c_o optional
+  OOD          o_w, o_s1, o_s2 [Bo,3,H,W], ign_o [Bo,H,W], y_o [Bo,H,W] (teacher labels), c_o optional,
+               gt_o [Bo,H,W] optional ground truth (255 = none): only compared with the OOD labels, never a target
 Bo may be 0 or differ from Bu: OOD image i is paired with ID image i mod Bu.
 """
 
@@ -32,6 +33,7 @@ from trainables.losses import (
     supervised_ce,
     unimatch_unlabeled_loss,
 )
+from trainables.metrics import label_agreement_counts
 
 OOD_LABEL_SOURCES = ("teacher", "self")
 ID_KEYS = ("u_w", "u_s1", "u_s2", "ign_u", "box1", "box2", "m_w", "m_s1", "m_s2", "ign_m")
@@ -104,7 +106,8 @@ def train_step(
     """Compute the step's total loss (call .backward() on it) and float logs.
 
     logs: loss, loss_x, loss_u, loss_ood, mask_ratio (valid ID pixels with conf >= tau),
-    ood_conf_ratio (valid OOD pixels whose OOD label passes tau; 1 for teacher labels without c_o).
+    ood_conf_ratio (valid OOD pixels whose OOD label passes tau; 1 for teacher labels without c_o);
+    with gt_o also the pixel counts of metrics.OOD_GT_COUNTS (OOD labels the loss uses vs ground truth).
     """
     check_batch(method, batch, ood_label_source)
     x, y = batch["x"], batch["y"]
@@ -135,7 +138,7 @@ def train_step(
         loss_u = unimatch_unlabeled_loss(p_us1, p_us2, p_uw_fp, weak, partner, batch["box1"], batch["box2"], tau)
         ratio = mask_ratio(weak, tau)
 
-    loss_o, ood_ratio = zero, 0.0
+    loss_o, ood_ratio, gt_counts = zero, 0.0, {}
     if has_ood:  # 5b. OOD strong views.
         p_os1, p_os2 = model(torch.cat([o_s1, o_s2])).chunk(2)
         if ood_label_source == "teacher":
@@ -149,9 +152,12 @@ def train_step(
             no_box = torch.zeros_like(ood.ignore, dtype=torch.bool)
             loss_o = semiovs_ood_loss(p_os1, p_os2, p_ow_fp, ood, ood, no_box, no_box, tau)
         ood_ratio = mask_ratio(ood, tau)
+        if "gt_o" in batch:  # the pixels the weak-view loss term trains on, checked against ground truth
+            used = (ood.conf >= tau) & (ood.ignore != 255)
+            gt_counts = label_agreement_counts(ood.label, used, batch["gt_o"])
 
     loss = combine_losses(method, loss_x, loss_u, loss_o, lambda_ood, has_id=b_u > 0, has_ood=has_ood)
-    return loss, make_logs(loss, loss_x, loss_u, loss_o, ratio, ood_ratio)
+    return loss, {**make_logs(loss, loss_x, loss_u, loss_o, ratio, ood_ratio), **gt_counts}
 
 
 def make_logs(

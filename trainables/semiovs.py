@@ -18,6 +18,7 @@ def worker_data(cfg: ExperimentConfig, plan: DataPlan, label_store: str | None) 
     """What every worker needs to build its streams: plain lists, cheap to ship."""
     return {"labeled": list(plan.labeled), "unlabeled": list(plan.unlabeled), "val": list(plan.val),
             "ood": list(plan.ood) if cfg.uses_ood else [], "label_store": label_store,
+            "ood_masks": list(plan.ood_masks) if cfg.uses_ood else [],   # ground truth, only measured against
             "class_names": plan.vocabulary.names}
 
 

@@ -2,6 +2,7 @@
 
 Each worker draws from its own shard with its own seeded generator. A sample that cannot be read is
 skipped, counted and remembered (the run lists them), and another one is drawn in its place.
+Where the OOD corpus has ground truth, the OOD batch also carries it (`gt_o`), only to measure the OOD labels.
 """
 from __future__ import annotations
 
@@ -58,10 +59,12 @@ class OODLabels:
 
 class StreamSampler:
     def __init__(self, *, labeled, unlabeled, ood, ood_labels: OODLabels | None, crop: int,
-                 seed: int, broken: BrokenSamples, max_broken_share: float):
+                 seed: int, broken: BrokenSamples, max_broken_share: float, ood_masks=()):
         self.labeled = list(labeled)
         self.unlabeled = list(unlabeled)
         self.ood = list(ood)                     # (image_id, path)
+        # ground truth of OOD images, by image id (ood_masks runs parallel to ood; None = no mask)
+        self.ood_truth = {image_id: mask for (image_id, _), mask in zip(self.ood, ood_masks) if mask}
         self.ood_labels = ood_labels
         self.crop = crop
         self.rng = np.random.default_rng(seed)
@@ -117,19 +120,37 @@ class StreamSampler:
         def read(item):
             image_id, path = item
             image = load_image_cached(path)
+            gt = self._ood_truth(image_id, image.shape[:2])
             if self.ood_labels is None:  # student labels it itself; only padding is marked
                 return augment.unlabeled_views(image, np.zeros(image.shape[:2], np.uint8), self.crop, IGNORE,
-                                               self.rng)
+                                               self.rng, gt=gt)
             label, conf = self.ood_labels.get(image_id)
-            return augment.unlabeled_views(image, label, self.crop, IGNORE, self.rng, conf=conf)
+            return augment.unlabeled_views(image, label, self.crop, IGNORE, self.rng, conf=conf, gt=gt)
 
         views = [self._draw(self.ood, read) for _ in range(n)]
         size = (self.crop, self.crop)
         y_o = _stack(views, "mask", n, size, torch.long)
         y_o = torch.where(y_o == IGNORE, torch.zeros_like(y_o), y_o)  # ignored via ign_o (the paper's order)
-        return {"o_w": _stack(views, "u_w", n, (3, *size)), "o_s1": _stack(views, "u_s1", n, (3, *size)),
-                "o_s2": _stack(views, "u_s2", n, (3, *size)), "ign_o": _stack(views, "ign", n, size, torch.uint8),
-                "y_o": y_o}
+        out = {"o_w": _stack(views, "u_w", n, (3, *size)), "o_s1": _stack(views, "u_s1", n, (3, *size)),
+               "o_s2": _stack(views, "u_s2", n, (3, *size)), "ign_o": _stack(views, "ign", n, size, torch.uint8),
+               "y_o": y_o}
+        if self.ood_truth:
+            out["gt_o"] = _stack(views, "gt", n, size, torch.long)
+        return out
+
+    def _ood_truth(self, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
+        """The image's ground-truth mask; all 255 (none) when it has none or it cannot be used. It is only
+        measured against, so an unreadable mask must not drop a training sample."""
+        from orchestrator.data.voc import SampleError
+
+        if not self.ood_truth:
+            return None
+        path = self.ood_truth.get(image_id)
+        try:
+            mask = load_mask_cached(path) if path else None
+        except SampleError:
+            mask = None
+        return mask if mask is not None and mask.shape == shape else np.full(shape, IGNORE, np.uint8)
 
 
 def _stack(views: list[dict], key: str, n: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
