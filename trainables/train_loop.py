@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch
 from orchestrator.config import ExperimentConfig, config_from_flat
 from orchestrator.label_cache import LabelStore, read_label_table
 from trainables.distributed import WorkerContext, make_context
-from trainables.metrics import ConfusionMatrix
+from trainables.metrics import OOD_GT_COUNTS, ConfusionMatrix, label_agreement
 from trainables.models import build_student
 from trainables.optim import apply_poly_lr, build_optimizer, unwrap
 from trainables.recipe import train_step
@@ -90,12 +90,16 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
             logs["startup_seconds"] = started - data["launched_at"]
         step += iters
         epoch += 1
-        ious, miou = evaluate(unwrap(model), data["val"][ctx.rank::ctx.world_size], len(class_names), ctx)
+        ev = evaluate(unwrap(model), data["val"][ctx.rank::ctx.world_size], len(class_names), ctx,
+                      keep=cfg.train.overlay_images if ctx.is_main else 0)
+        ious, miou = ev.ious, ev.miou
+        pictures = eval_pictures(ev, class_names)
         best = max(best, miou if math.isfinite(miou) else 0.0)
         metrics = {"epoch": epoch, "val_miou": miou, "best_val_miou": best, **logs,
                    "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": step,
                    "resumed_from_epoch": resumed_from}
         metrics.update({f"val_iou.{name}": v for name, v in zip(class_names, ious) if math.isfinite(v)})
+        metrics.update(pictures)
         checkpoint = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                       "step": step, "best_val_miou": best, "config": flat} if ctx.is_main else None
         if ctx.is_main and broken.paths:
@@ -113,7 +117,8 @@ def make_sampler(cfg: ExperimentConfig, data: dict[str, Any], ctx: WorkerContext
     return StreamSampler(
         labeled=data["labeled"], unlabeled=data["unlabeled"][ctx.rank::ctx.world_size],
         ood=data["ood"][ctx.rank::ctx.world_size], ood_labels=ood_labels, crop=cfg.data.crop_size,
-        seed=seed, broken=broken, max_broken_share=cfg.data.max_broken_share)
+        seed=seed, broken=broken, max_broken_share=cfg.data.max_broken_share,
+        ood_masks=data.get("ood_masks", [])[ctx.rank::ctx.world_size])
 
 
 def steps_per_epoch(cfg: ExperimentConfig, sampler: StreamSampler) -> int:
@@ -123,7 +128,8 @@ def steps_per_epoch(cfg: ExperimentConfig, sampler: StreamSampler) -> int:
 
 
 # Keys a resumed run may change: how long it runs and with what resources, not what it computes.
-RESUMABLE_CHANGES = ("train.epochs", "train.max_failures", "train.num_workers", "resources.")
+RESUMABLE_CHANGES = ("train.epochs", "train.max_failures", "train.num_workers", "train.overlay_images",
+                     "resources.")
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -162,13 +168,26 @@ def train_one_epoch(model, optimizer, scaler, sampler: StreamSampler, cfg: Exper
         scaler.update()
         for key, value in logs.items():
             sums[key] += value
+    # OOD label agreement: pixel counts pooled over the epoch's steps (steps without OOD images add nothing)
+    pooled = [sums.pop(key, 0.0) for key in OOD_GT_COUNTS]
     out = {key: value / iters for key, value in sums.items()}
+    out.update(label_agreement(*pooled))
     out["lr"] = lr
     return out
 
 
-def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerContext) -> tuple[list[float], float]:
-    """Whole val images at native size (the paper's 'original' mode); same-size images are batched."""
+class Evaluation(NamedTuple):
+    ious: list[float]
+    miou: float
+    confusion: list[list[int]]                               # summed over ranks
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (image, ground truth, prediction), first `keep`
+
+
+def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerContext, keep: int = 0) -> Evaluation:
+    """Whole val images at native size (the paper's 'original' mode); same-size images are batched.
+
+    The predictions of the first `keep` images of `val` (fixed across epochs) are kept for the overlays.
+    """
     from trainables.augment import to_tensor_normalized
 
     model.eval()
@@ -176,20 +195,36 @@ def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerCon
     from orchestrator.data.voc import SampleError
 
     by_size: dict[tuple, list] = defaultdict(list)
-    for image_path, mask_path in val:
+    for index, (image_path, mask_path) in enumerate(val):
         try:
             image, mask = load_image_cached(image_path), load_mask_cached(mask_path)
         except SampleError:  # unreadable val files are left out (`run.py data check` lists them)
             continue
-        by_size[image.shape].append((image, mask))
+        by_size[image.shape].append((index, image, mask))
+    kept = {}
     with torch.inference_mode():
         for group in by_size.values():
             for start in range(0, len(group), EVAL_BATCH):
                 chunk = group[start:start + EVAL_BATCH]
-                x = torch.stack([to_tensor_normalized(img) for img, _ in chunk]).to(ctx.device)
-                y = torch.from_numpy(np.stack([m for _, m in chunk])).to(ctx.device)
-                matrix.update(model(x).argmax(1), y)
+                x = torch.stack([to_tensor_normalized(img) for _, img, _ in chunk]).to(ctx.device)
+                y = torch.from_numpy(np.stack([m for _, _, m in chunk])).to(ctx.device)
+                pred = model(x).argmax(1)
+                matrix.update(pred, y)
+                kept.update({i: (img, m, pred[j].to(torch.uint8).cpu().numpy())
+                             for j, (i, img, m) in enumerate(chunk) if i < keep})
     if ctx.distributed:
         matrix.reduce_from_all_processes()
     model.train()
-    return matrix.compute()
+    return Evaluation(*matrix.compute(), matrix.as_lists(), [kept[i] for i in sorted(kept)])
+
+
+def eval_pictures(ev: Evaluation, class_names: list[str]) -> dict[str, Any]:
+    """The report's non-metric part, drawn into MLflow artifacts by the driver: the confusion matrix, and
+    the overlay grid (rendered here, from predictions evaluate() already made, so only PNG bytes travel)."""
+    from orchestrator import eval_artifacts
+
+    out: dict[str, Any] = {eval_artifacts.MATRIX_KEY: ev.confusion, eval_artifacts.CLASSES_KEY: list(class_names)}
+    if ev.samples:
+        png = eval_artifacts.overlay_grid_png(*zip(*ev.samples))
+        out[eval_artifacts.OVERLAY_KEY] = eval_artifacts.encode_png(png)
+    return out
