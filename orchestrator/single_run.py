@@ -22,8 +22,14 @@ class TrainRequest:
 
 
 def _epoch_logger(uri: str, run_id: str, quiet: bool):
+    logged = [0]  # last epoch in MLflow: a worker group restarted from a checkpoint may report one again
+
     def log(metrics: dict[str, Any]) -> None:
-        tracking.log_metrics(uri, run_id, tracking.measurements(metrics), int(metrics.get("epoch", 0)))
+        epoch = int(metrics.get("epoch", 0))
+        if epoch > logged[0]:
+            tracking.log_eval_pictures(uri, run_id, metrics, epoch)
+            tracking.log_metrics(uri, run_id, tracking.measurements(metrics), epoch)
+            logged[0] = epoch
         if metrics.get("broken_sample_list"):
             tracking.client(uri).log_text(run_id, "\n".join(metrics["broken_sample_list"]) + "\n",
                                           "broken_samples.txt")

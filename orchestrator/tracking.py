@@ -10,6 +10,8 @@ import functools
 import json
 import math
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,31 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> 
         client(uri).log_batch(run_id, metrics=items[start:start + 1000])
 
 
+def log_eval_pictures(uri: str, run_id: str, report: dict[str, Any], epoch: int) -> None:
+    """eval/confusion_matrix_epoch_NNN.png and eval/overlays_epoch_NNN.png from one epoch's report."""
+    from orchestrator.eval_artifacts import epoch_files
+
+    try:
+        files = epoch_files(report, epoch)
+    except Exception as err:  # a picture that cannot be drawn must not stop the run that reported it
+        print(f"warning: no evaluation pictures for epoch {epoch}: {err!r}", file=sys.stderr, flush=True)
+        return
+    if not files:
+        return
+    with tempfile.TemporaryDirectory(prefix="semiovs-eval-") as folder:
+        for name, png in files.items():
+            (Path(folder) / name).write_bytes(png)
+        client(uri).log_artifacts(run_id, folder, "eval")
+
+
+def take_eval_pictures(result: dict[str, Any]) -> dict[str, Any]:
+    """Remove the pictures' payload from a Tune result (Tune lets callbacks edit it in place): the loggers
+    and the progress reporter that run after our callback then neither store nor print ~100 kB per epoch."""
+    from orchestrator.eval_artifacts import PAYLOAD_KEYS
+
+    return {key: result.pop(key) for key in PAYLOAD_KEYS if key in result}
+
+
 def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
                         base_params: dict[str, Any], progress=None):
     """A Tune callback that mirrors each trial into its own child run (built lazily: imports Ray)."""
@@ -155,8 +182,11 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
         def on_trial_result(self, iteration, trials, trial, result, **info):
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             run_id = self._run_for(trial)
+            pictures = take_eval_pictures(result)
             if step > self.last_step.get(trial.trial_id, 0):  # after a resume, epochs logged before the
-                log_metrics(uri, run_id, measurements(result), step)  # crash are not logged twice
+                # crash are not logged twice; pictures go first, as a resume reads last_step from val_miou
+                log_eval_pictures(uri, run_id, pictures, step)
+                log_metrics(uri, run_id, measurements(result), step)
                 self.last_step[trial.trial_id] = step
             if result.get("broken_sample_list"):  # skipped unreadable files, listed with the run
                 client(uri).log_text(run_id, "\n".join(result["broken_sample_list"]) + "\n", "broken_samples.txt")

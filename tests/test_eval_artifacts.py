@@ -98,3 +98,118 @@ def test_overlay_images_key_default_and_range():
         build_config({"train.overlay_images": 17})
     with pytest.raises(ConfigError, match="'train.overlay_images': -1 is out of range"):
         build_config({"train.overlay_images": -1})
+
+
+# ---- the worker side: evaluation keeps what the pictures need -------------------------------------
+
+def write_val(folder, n: int) -> list[tuple[str, str]]:
+    from orchestrator.data.voc import save_mask
+    from tests.test_augment import block_sample
+
+    pairs = []
+    for i in range(n):
+        image, mask = block_sample(40, 56, seed=i)
+        pairs.append((str(folder / f"v{i}.png"), str(folder / f"v{i}_gt.png")))
+        Image.fromarray(image).save(pairs[-1][0])
+        save_mask(pairs[-1][1], mask)
+    return pairs
+
+
+def test_evaluate_keeps_the_first_images_with_their_predictions(tmp_path, torch_one_thread):
+    import torch
+
+    from orchestrator.data.voc import load_image, load_mask
+    from trainables.distributed import WorkerContext
+    from trainables.models import build_student
+    from trainables.train_loop import eval_pictures, evaluate
+
+    val = write_val(tmp_path, 3)
+    torch.manual_seed(0)
+    model, ctx = build_student("unet_small", 6, width=4), WorkerContext("local", 0, 1, torch.device("cpu"))
+    ev = evaluate(model, val, 6, ctx, keep=2)
+    assert len(ev.samples) == 2
+    for (image, truth, pred), (image_path, mask_path) in zip(ev.samples, val):
+        np.testing.assert_array_equal(image, load_image(image_path))
+        np.testing.assert_array_equal(truth, load_mask(mask_path))
+        assert pred.shape == truth.shape and pred.dtype == np.uint8 and pred.max() < 6
+    valid = sum(int((load_mask(m) != 255).sum()) for _, m in val)
+    assert np.asarray(ev.confusion).sum() == valid and np.asarray(ev.confusion).shape == (6, 6)
+    assert evaluate(model, val, 6, ctx).samples == []            # keep=0: overlays off
+
+    report = eval_pictures(ev, SHAPES)
+    assert report[ea.MATRIX_KEY] == ev.confusion and report[ea.CLASSES_KEY] == SHAPES
+    grid = decode(ea.epoch_files(report, 1)["overlays_epoch_001.png"])
+    assert grid.size[0] == 3 * 56 + 2 * ea.GAP
+    assert ea.OVERLAY_KEY not in eval_pictures(evaluate(model, val, 6, ctx), SHAPES)
+
+
+# ---- the driver side: pictures into a real MLflow store --------------------------------------------
+
+def report_for(epoch: int) -> dict:
+    png = ea.overlay_grid_png([np.zeros((8, 8, 3), np.uint8)], [np.zeros((8, 8), np.uint8)],
+                              [np.ones((8, 8), np.uint8)])
+    return {"epoch": epoch, "val_miou": 10.0 * epoch, ea.MATRIX_KEY: [[5, 1], [0, 3]],
+            ea.CLASSES_KEY: ["bg", "fg"], ea.OVERLAY_KEY: ea.encode_png(png)}
+
+
+def eval_files(client, run_id: str) -> list[str]:
+    return sorted(a.path for a in client.list_artifacts(run_id, "eval"))
+
+
+def test_tune_results_lose_the_payload_and_keep_the_metrics():
+    from orchestrator import tracking
+
+    result = report_for(2)
+    pictures = tracking.take_eval_pictures(result)
+    assert set(pictures) == set(ea.PAYLOAD_KEYS) and not set(ea.PAYLOAD_KEYS) & set(result)
+    assert tracking.measurements(report_for(2)) == {"val_miou": 20.0}   # the payload is never a metric
+
+
+def test_single_run_logger_logs_pictures_once_per_epoch(sqlite_uri):
+    from orchestrator import tracking
+    from orchestrator.single_run import _epoch_logger
+
+    exp = tracking.ensure_experiment(sqlite_uri, "pictures")
+    run_id = tracking.client(sqlite_uri).create_run(exp).info.run_id
+    log = _epoch_logger(sqlite_uri, run_id, quiet=True)
+    log(report_for(1))
+    log(report_for(1))        # a restarted worker group reports its checkpoint's epoch again
+    log({**report_for(2), ea.OVERLAY_KEY: ""})  # overlays off
+    client = tracking.client(sqlite_uri)
+    assert eval_files(client, run_id) == ["eval/confusion_matrix_epoch_001.png", "eval/confusion_matrix_epoch_002.png",
+                                          "eval/overlays_epoch_001.png"]
+    assert [m.step for m in client.get_metric_history(run_id, "val_miou")] == [1, 2]
+    local = client.download_artifacts(run_id, "eval/overlays_epoch_001.png")
+    assert decode(open(local, "rb").read()).size[0] == 3 * 8 + 2 * ea.GAP
+
+
+def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_uri):
+    """Tune's side of the same rule; a stand-in for Tune's Trial carries only what the callback reads."""
+    from types import SimpleNamespace
+
+    from orchestrator import tracking
+
+    exp = tracking.ensure_experiment(sqlite_uri, "sweep_pictures")
+    parent = tracking.start_parent_run(sqlite_uri, exp, "sweep_pictures", {}, resume=False)
+    trial = SimpleNamespace(trial_id="t0001", config={"ood.ratio": 0.5})
+    printed = []
+    callback = tracking.make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {},
+                                            progress=lambda tid, cfg, result: printed.append(dict(result)))
+    for epoch in (1, 2):
+        result = report_for(epoch)
+        callback.on_trial_result(0, [], trial, result)
+        assert not set(ea.PAYLOAD_KEYS) & set(result)    # what Tune's loggers and reporter see next
+    assert all(not set(ea.PAYLOAD_KEYS) & set(r) for r in printed)
+
+    client = tracking.client(sqlite_uri)
+    run_id = tracking.find_runs(sqlite_uri, exp, role="trial", trial_id="t0001")[0].info.run_id
+    matrix_2 = lambda: open(client.download_artifacts(run_id, "eval/confusion_matrix_epoch_002.png"), "rb").read()  # noqa: E731
+    before = matrix_2()
+
+    restarted = tracking.make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {})
+    restarted.on_trial_result(0, [], trial, {**report_for(2), ea.CLASSES_KEY: ["changed", "names"]})
+    restarted.on_trial_result(0, [], trial, report_for(3))
+    assert matrix_2() == before                           # epoch 2 was in MLflow already: not drawn again
+    assert eval_files(client, run_id) == [f"eval/{kind}_epoch_00{e}.png" for kind in ("confusion_matrix", "overlays")
+                                          for e in (1, 2, 3)]
+    assert [m.step for m in client.get_metric_history(run_id, "val_miou")] == [1, 2, 3]
