@@ -213,3 +213,16 @@ def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_ur
     assert eval_files(client, run_id) == [f"eval/{kind}_epoch_00{e}.png" for kind in ("confusion_matrix", "overlays")
                                           for e in (1, 2, 3)]
     assert [m.step for m in client.get_metric_history(run_id, "val_miou")] == [1, 2, 3]
+
+
+def test_overlay_images_is_no_reason_to_refuse_a_resume():
+    """Checkpoints made before the key existed (or with another value) still continue their run."""
+    from orchestrator.config import flatten
+    from trainables.train_loop import check_resumable
+
+    current = flatten(build_config())
+    older = {k: v for k, v in current.items() if k != "train.overlay_images"}
+    check_resumable(older, current)
+    check_resumable({**current, "train.overlay_images": 0}, current)
+    with pytest.raises(ValueError, match=r"other settings \(train.lr\)"):
+        check_resumable({**older, "train.lr": 0.5}, current)
