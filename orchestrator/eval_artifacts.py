@@ -46,19 +46,21 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]] | np.ndarray, class_nam
     if counts.shape != (k, k) or len(class_names) != k:
         raise ValueError(f"confusion matrix {counts.shape} does not match {len(class_names)} class names")
     pct = row_normalised(counts)
+    names = [n if np.isfinite(pct[i]).any() else f"{n} (absent)" for i, n in enumerate(class_names)]
     font = 8.0 if k <= 8 else 6.5
-    label_in = 0.6 + 0.075 * max(len(n) for n in class_names) * font / 8  # room for the longest name
+    # room for the names: rows (with "(absent)") on the left, columns at 45° below
+    left_in = 0.6 + 0.075 * max(map(len, names)) * font / 8
+    bottom_in = 0.5 + 0.05 * max(map(len, class_names)) * font / 8
     grid_in = max(2.4, 0.42 * k)
-    fig = Figure(figsize=(grid_in + label_in + 0.3, grid_in + label_in + 0.4), dpi=100)
+    fig = Figure(figsize=(left_in + grid_in + 0.3, bottom_in + grid_in + 0.4), dpi=100)
     w, h = fig.get_size_inches()
-    ax = fig.add_axes((label_in / w, label_in / h, grid_in / w, grid_in / h))  # fixed layout: no tight_layout cost
+    ax = fig.add_axes((left_in / w, bottom_in / h, grid_in / w, grid_in / h))  # fixed layout: no tight_layout
     ax.imshow(np.nan_to_num(pct, nan=0.0), cmap="Blues", vmin=0, vmax=100)
     with_counts = k <= 10
     for t, p in zip(*np.nonzero(counts)):
         text = f"{pct[t, p]:.0f}%" + (f"\n{_count_text(counts[t, p])}" if with_counts else "")
         ax.text(p, t, text, ha="center", va="center", fontsize=font,
                 color="white" if pct[t, p] > 55 else "black")
-    names = [n if np.isfinite(pct[i]).any() else f"{n} (absent)" for i, n in enumerate(class_names)]
     ax.set_xticks(range(k), list(class_names), rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
     ax.set_yticks(range(k), names, fontsize=font)
     ax.set_xlabel("prediction", fontsize=9)

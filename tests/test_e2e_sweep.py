@@ -58,6 +58,19 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
         assert run.data.metrics["best_val_miou"] == max(m.value for m in history)
         assert any(k.startswith("val_iou.") for k in run.data.metrics)
         assert "config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        # per-epoch evaluation pictures, and the OOD label agreement where OOD images were used
+        pictures = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+        assert pictures == {f"eval/{kind}_epoch_00{e}.png" for kind in ("confusion_matrix", "overlays")
+                            for e in (1, 2)}
+        uses_ood = run.data.params["ood.ratio"] == "0.5"
+        assert ("ood_label_agreement" in run.data.metrics) == uses_ood
+        if uses_ood:
+            agreement = client.get_metric_history(run.info.run_id, "ood_label_agreement")
+            assert [m.step for m in agreement] == [1, 2] and all(0 < m.value <= 100 for m in agreement)
+            assert 0 < run.data.metrics["ood_label_coverage"] <= 100
+    # Tune's own logs do not keep the pictures' payload (the MLflow callback takes it out of each result)
+    stored = list((tmp_path / "runs").rglob("result.json"))
+    assert stored and not any("overlay_png_b64" in f.read_text() for f in stored)
 
     check_ui_shows_runs(mlflow_server, out.experiment_id, parent.info.run_name, trials)
 
