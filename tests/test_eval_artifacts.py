@@ -1,6 +1,7 @@
 """Per-epoch evaluation pictures: the renderers (PNG bytes that decode to the expected picture), the config
 key that turns the overlays off, and what the driver writes into a real MLflow store."""
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,7 +204,10 @@ def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_ur
 
     client = tracking.client(sqlite_uri)
     run_id = tracking.find_runs(sqlite_uri, exp, role="trial", trial_id="t0001")[0].info.run_id
-    matrix_2 = lambda: open(client.download_artifacts(run_id, "eval/confusion_matrix_epoch_002.png"), "rb").read()  # noqa: E731
+
+    def matrix_2() -> bytes:
+        return Path(client.download_artifacts(run_id, "eval/confusion_matrix_epoch_002.png")).read_bytes()
+
     before = matrix_2()
 
     restarted = tracking.make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {})
