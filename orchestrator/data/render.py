@@ -1,9 +1,10 @@
 """Drawing for the `shapes` benchmark: one scene -> (RGB image, label map). Pure: numpy + PIL, no file I/O.
 
 Why it looks the way it does (see DESIGN.md, "The embedded default"):
-- *Shape must matter, colour must not suffice*: each class has a preferred hue, but only half of the objects use
-  it, and every distractor borrows the hue of the target class it resembles (ellipse ~ disk, rectangle ~ square,
-  trapezoid ~ triangle, star ~ cross, crescent ~ ring).
+- *Shape must matter, colour must not suffice*: each class has a preferred hue that 80% of its objects use,
+  and every distractor borrows the hue of the target class it resembles (ellipse ~ disk, rectangle ~ square,
+  trapezoid ~ triangle, star ~ cross, crescent ~ ring). A student taught by few labels leans on colour and
+  so calls a distractor a target; a teacher that knows the wider vocabulary has learned to look at shape.
 - *Style is a continuous knob*: a scene is drawn with a style shift s in [0, 1]. s = 0 is the in-distribution
   look (smooth low-frequency muted backgrounds, saturated objects, light grain); s = 1 is an alien look (busy
   high-frequency saturated backgrounds, washed-out colour-cast objects, heavy grain). Every style parameter is a
@@ -32,7 +33,10 @@ KINDS: tuple[str, ...] = (
 _HUE = {"disk": 0.0, "square": 0.6, "triangle": 0.33, "cross": 0.14, "ring": 0.8}
 _HUE.update(ellipse=_HUE["disk"], rectangle=_HUE["square"], trapezoid=_HUE["triangle"],
             star=_HUE["cross"], crescent=_HUE["ring"])
-CLASS_HUE_PROB = 0.5  # share of objects painted in their class hue; the rest get a random hue
+# Share of objects painted in their class hue; the rest get a random hue. High enough that a student
+# trained on few labels leans on colour (and so calls a same-hued distractor a target), low enough that
+# colour alone never suffices.
+CLASS_HUE_PROB = 0.8
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from orchestrator.data import render
 from orchestrator.data.voc import DatasetError, mask_to_image, write_split_file
 from orchestrator.vocab import ClassConcepts, Vocabulary
 
-GENERATOR_VERSION = 2  # bump when the drawing changes, so cached datasets are regenerated
+GENERATOR_VERSION = 3  # bump when the drawing changes, so cached datasets are regenerated
 JPEG_QUALITY = 95
 
 TARGET_VOCAB = Vocabulary(classes=(
@@ -109,12 +109,12 @@ def domain_contents(spec: ShapesSpec) -> dict[str, render.Content]:
     id_probs = _ID_PRIOR + (0.0,) * len(DISTRACTOR_NAMES)
     ood_probs = tuple((1 - d) * p for p in _OOD_PRIOR) + tuple(d / len(DISTRACTOR_NAMES) for _ in DISTRACTOR_NAMES)
     src_probs = (1.0,) * (SOURCE_VOCAB.num_classes - 1)
-    id_content = render.Content(num_objects=(1, 3), num_clutter=(0, 2), radius=(0.10, 0.20), class_probs=id_probs)
+    id_content = render.Content(num_objects=(1, 3), num_clutter=(0, 2), radius=(0.16, 0.30), class_probs=id_probs)
     return {
         "train": id_content,
         "val": id_content,
-        "ood": render.Content(num_objects=(2, 5), num_clutter=(3, 8), radius=(0.08, 0.26), class_probs=ood_probs),
-        "source": render.Content(num_objects=(2, 5), num_clutter=(1, 6), radius=(0.06, 0.28), class_probs=src_probs),
+        "ood": render.Content(num_objects=(2, 5), num_clutter=(3, 8), radius=(0.12, 0.34), class_probs=ood_probs),
+        "source": render.Content(num_objects=(2, 5), num_clutter=(1, 6), radius=(0.10, 0.36), class_probs=src_probs),
     }
 
 
