@@ -61,7 +61,8 @@ def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> dic
         state = json.loads(state_file.read_text())
         if req.overrides:
             new = resolve_base(space, req.overrides)
-            changed = sorted(k for k in new if new[k] != state["base"].get(k))
+            # a key the code added after the sweep started is not a change the user made
+            changed = sorted(k for k in new if new[k] != state["base"].get(k, new[k]))
             if changed:
                 raise UserError(f"--resume with --set changes {', '.join(changed)} of sweep '{sweep_dir.name}'. "
                                 f"Fix: resume without --set, or start a new sweep with --name.")
@@ -207,6 +208,9 @@ def _fit_tuner(space, base, name, storage, cache, sweep_dir, uri, experiment_id,
                                                                      max_concurrent=concurrent)),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback],
                                   failure_config=tune.FailureConfig(max_failures=0),
+                                  # local-mode trials report checkpoints to Tune, which keeps each one's
+                                  # metrics in the experiment state: keep only the last two
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                   verbose=0 if req.quiet else 1),
     )
     return tuner.fit()
