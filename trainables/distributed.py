@@ -103,5 +103,11 @@ def make_context(mode: str, gpus_per_worker: float, on_report=None) -> WorkerCon
 
         ctx = ray.train.get_context()
         return WorkerContext(mode, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    if mode == "tune-local":
+        # Tune's storage logs every epoch's checkpoint at INFO to the driver's console; our progress line
+        # already says the epoch ended. Ray's log files keep it.
+        import logging
+
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     use_cuda = gpus_per_worker > 0 and torch.cuda.is_available()
     return WorkerContext(mode, 0, 1, torch.device("cuda" if use_cuda else "cpu"), on_report)
