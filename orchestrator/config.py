@@ -116,6 +116,10 @@ class TrainConfig:
     sync_bn: bool = False       # SyncBatchNorm across DDP workers (GPU only)
     max_failures: int = 1       # worker failures survived per trial (restart from the last checkpoint)
     overlay_images: int = 4     # val images drawn with their predictions every epoch (0 = off); MLflow artifact
+    prevmatch: bool = False     # PrevMatch guidance by past best models (method.md §3b); unimatch/semiovs only
+    prev_max_models: int = 8    # PrevMatch: frozen snapshots kept (the oldest is dropped past this)
+    prev_max_k: int = 3         # PrevMatch: each step ensembles K ~ U{1..min(this, kept)} snapshots
+    prev_thresh: float = 0.9    # PrevMatch: confidence threshold on the ensemble's pseudo-labels
 
     def __post_init__(self):
         _one_of(self.method, METHODS, "train.method")
@@ -128,6 +132,12 @@ class TrainConfig:
         _require(self.num_workers >= 0, "train.num_workers", "is negative", "use 0 (local mode) or more")
         # the grid travels inside every epoch's report, so it stays a handful of images
         _between(self.overlay_images, 0, 16, "train.overlay_images")
+        _require(not self.prevmatch or self.method != "supervised", "train.prevmatch",
+                 "applies only to train.method unimatch or semiovs, not supervised",
+                 "set train.method to unimatch or semiovs, or train.prevmatch to false")
+        _require(self.prev_max_models >= 1, "train.prev_max_models", "must be >= 1", "use e.g. 8 (the paper)")
+        _require(self.prev_max_k >= 1, "train.prev_max_k", "must be >= 1", "use e.g. 3 (the paper)")
+        _between(self.prev_thresh, 0.0, 1.0, "train.prev_thresh")
 
 
 @dataclass
