@@ -115,12 +115,15 @@ def semiovs_ood_loss(
 
 def combine_losses(
     method: str, loss_x: Tensor, loss_u: Tensor, loss_o: Tensor, lambda_ood: float,
-    *, has_id: bool = True, has_ood: bool = True,
+    *, has_id: bool = True, has_ood: bool = True, loss_prev: Tensor | None = None, lambda_prev: float = 0.0,
 ) -> Tensor:
     """supervised: L_x; unimatch: (L_x + L_u) / 2; semiovs: (L_x + L_u + λ L_o) / (2 + λ).
 
+    With PrevMatch guidance (`loss_prev`, method.md §3b) λ_prev·L_prev joins the numerator and λ_prev the
+    denominator: (L_x + L_u + λ_prev L_prev + λ L_o) / (2 + λ_prev + λ).
     A stream with no images in this step drops out of both numerator and denominator, so semiovs with an
-    empty OOD batch equals unimatch instead of silently scaling the loss (and the lr) by 2 / (2 + λ).
+    empty OOD batch equals unimatch instead of silently scaling the loss (and the lr) by 2 / (2 + λ); likewise
+    `loss_prev=None` (no past model yet) leaves the plain UniMatch/SemiOVS total untouched, bit for bit.
     """
     if method == "supervised":
         return loss_x
@@ -128,9 +131,13 @@ def combine_losses(
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if lambda_ood < 0:
         raise ValueError(f"lambda_ood must be >= 0, got {lambda_ood}")
+    if lambda_prev < 0:
+        raise ValueError(f"lambda_prev must be >= 0, got {lambda_prev}")
     total, weight = loss_x, 1.0
     if has_id:
         total, weight = total + loss_u, weight + 1.0
+    if has_id and loss_prev is not None:  # guidance targets the ID unlabeled images only
+        total, weight = total + lambda_prev * loss_prev, weight + lambda_prev
     if method == "semiovs" and has_ood:
         total, weight = total + lambda_ood * loss_o, weight + lambda_ood
     return total / weight

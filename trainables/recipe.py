@@ -5,7 +5,9 @@ Follows the per-step pseudo-code of method.md §3 line by line, including its or
   2. the ID strong views are CutMixed with the mix partner M;
   3. partner labels from an eval-mode, no-grad forward;
   4. one train-mode forward over [x; u_w; o_w] with feature perturbation (BN sees all three streams);
-  5. one forward over [u_s1; u_s2], one over [o_s1; o_s2].
+  5. one forward over [u_s1; u_s2], one over [o_s1; o_s2];
+  6. with PrevMatch guidance (`prev`, method.md §3b), an ensemble of past models labels [u_w; m_w] and
+     supervises the ID outputs of step 5 (trainables/prevmatch.py); the OOD stream gets no guidance.
 The caller's tensors are never modified (mixing is out of place).
 
 Batch keys (tensors already on the device):
@@ -34,6 +36,7 @@ from trainables.losses import (
     unimatch_unlabeled_loss,
 )
 from trainables.metrics import label_agreement_counts
+from trainables.prevmatch import PrevGuidance, prev_loss
 
 OOD_LABEL_SOURCES = ("teacher", "self")
 ID_KEYS = ("u_w", "u_s1", "u_s2", "ign_u", "box1", "box2", "m_w", "m_s1", "m_s2", "ign_m")
@@ -102,12 +105,14 @@ def train_step(
     tau: float,
     lambda_ood: float,
     ood_label_source: str,
+    prev: PrevGuidance | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Compute the step's total loss (call .backward() on it) and float logs.
 
     logs: loss, loss_x, loss_u, loss_ood, mask_ratio (valid ID pixels with conf >= tau),
     ood_conf_ratio (valid OOD pixels whose OOD label passes tau; 1 for teacher labels without c_o);
-    with gt_o also the pixel counts of metrics.OOD_GT_COUNTS (OOD labels the loss uses vs ground truth).
+    with gt_o also the pixel counts of metrics.OOD_GT_COUNTS (OOD labels the loss uses vs ground truth);
+    with `prev` also loss_prev (0 while it holds no past model).
     """
     check_batch(method, batch, ood_label_source)
     x, y = batch["x"], batch["y"]
@@ -132,11 +137,13 @@ def train_step(
     loss_x = supervised_ce(p_x, y)
     weak = pseudo_targets(p_uw, batch["ign_u"])
 
-    loss_u, ratio = zero, 0.0
+    loss_u, ratio, loss_p = zero, 0.0, None
     if b_u:  # 5a. ID strong views.
         p_us1, p_us2 = model(torch.cat([u_s1, u_s2])).chunk(2)
         loss_u = unimatch_unlabeled_loss(p_us1, p_us2, p_uw_fp, weak, partner, batch["box1"], batch["box2"], tau)
         ratio = mask_ratio(weak, tau)
+        if prev is not None and prev.models:  # 6. past models' labels on the same ID outputs
+            loss_p = prev_loss(prev, batch, p_us1, p_us2, p_uw_fp)
 
     loss_o, ood_ratio, gt_counts = zero, 0.0, {}
     if has_ood:  # 5b. OOD strong views.
@@ -156,8 +163,12 @@ def train_step(
             used = (ood.conf >= tau) & (ood.ignore != 255)
             gt_counts = label_agreement_counts(ood.label, used, batch["gt_o"])
 
-    loss = combine_losses(method, loss_x, loss_u, loss_o, lambda_ood, has_id=b_u > 0, has_ood=has_ood)
-    return loss, {**make_logs(loss, loss_x, loss_u, loss_o, ratio, ood_ratio), **gt_counts}
+    loss = combine_losses(method, loss_x, loss_u, loss_o, lambda_ood, has_id=b_u > 0, has_ood=has_ood,
+                          loss_prev=loss_p, lambda_prev=prev.weight if prev is not None else 0.0)
+    logs = {**make_logs(loss, loss_x, loss_u, loss_o, ratio, ood_ratio), **gt_counts}
+    if prev is not None:
+        logs["loss_prev"] = float(loss_p.detach()) if loss_p is not None else 0.0
+    return loss, logs
 
 
 def make_logs(
