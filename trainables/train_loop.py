@@ -1,8 +1,8 @@
 """The per-worker training loop: SemiOVS / UniMatch / supervised, with per-epoch evaluation and checkpoints.
 
 Read top to bottom: `train_loop_per_worker` (Ray Train's entry point) → `run_training` → `train_one_epoch`
-and `evaluate`. One checkpoint dict per epoch (model, optimizer, epoch, step, best, resolved config),
-saved by rank 0; a restarted worker group or a resumed trial continues from it.
+and `evaluate`. One checkpoint dict per epoch (model, optimizer, epoch, step, best, resolved config, and with
+`train.prevmatch` the past models), saved by rank 0; a restarted worker group or a resumed trial continues from it.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from trainables.distributed import WorkerContext, make_context
 from trainables.metrics import OOD_GT_COUNTS, ConfusionMatrix, label_agreement
 from trainables.models import build_student
 from trainables.optim import apply_poly_lr, build_optimizer, unwrap
+from trainables.prevmatch import (PrevGuidance, make_generator, restore_snapshots, snapshot_states,
+                                  triangle_weight, update_snapshots)
 from trainables.recipe import train_step
 from trainables.streams import BrokenSamples, OODLabels, StreamSampler, load_image_cached, load_mask_cached
 
@@ -68,23 +70,33 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     epoch, step, best = 0, 0, 0.0
+    snapshots, new_best = [], False   # PrevMatch: frozen past best models; did the last epoch set a new best?
     state = ctx.latest_checkpoint()
     if state is not None:
         check_resumable(state["config"], flat)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, best = state["epoch"], state["step"], state["best_val_miou"]
+        snapshots = restore_snapshots(state.get("prev_models", []), unwrap(model))
+        new_best = state.get("prev_new_best", False)
 
     broken = BrokenSamples()
     sampler = make_sampler(cfg, data, ctx, seed + 7919 * epoch, broken)
     iters = steps_per_epoch(cfg, sampler)
     total = iters * cfg.train.epochs
     counts = ood_counts(cfg, total, cfg.seed)
+    prev_rng = make_generator(seed + 7919 * epoch)   # PrevMatch draws; reseeded on resume like the sampler
 
     resumed_from = epoch
     while epoch < cfg.train.epochs:
         started = time.time()
-        logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, counts, step, iters, total, amp)
+        guide = None
+        if cfg.train.prevmatch:  # the model that ended a best epoch joins the past models (method.md §3b)
+            snapshots = update_snapshots(snapshots, unwrap(model), new_best, cfg.train.prev_max_models)
+            guide = PrevGuidance(snapshots, prev_rng, triangle_weight(epoch, cfg.train.epochs),
+                                 cfg.train.prev_max_k, cfg.train.prev_thresh)
+        logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, counts, step, iters, total, amp,
+                               prev=guide)
         logs["train_seconds"] = time.time() - started
         if "launched_at" in data and epoch == resumed_from:   # trainer built → first training step
             logs["startup_seconds"] = started - data["launched_at"]
@@ -94,6 +106,7 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
                       keep=cfg.train.overlay_images if ctx.is_main else 0)
         ious, miou = ev.ious, ev.miou
         pictures = eval_pictures(ev, class_names)
+        new_best = math.isfinite(miou) and miou > best
         best = max(best, miou if math.isfinite(miou) else 0.0)
         metrics = {"epoch": epoch, "val_miou": miou, "best_val_miou": best, **logs,
                    "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": step,
@@ -102,6 +115,10 @@ def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, An
         metrics.update(pictures)
         checkpoint = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                       "step": step, "best_val_miou": best, "config": flat} if ctx.is_main else None
+        if checkpoint is not None and cfg.train.prevmatch:
+            # Costly: every snapshot is a full set of weights, so a checkpoint grows to (1 + prev_max_models)
+            # models, e.g. ~9 × 240 MB for DeepLabV3+ R101 (and Tune keeps two checkpoints per trial).
+            checkpoint.update(prev_models=snapshot_states(snapshots), prev_new_best=new_best)
         if ctx.is_main and broken.paths:
             metrics["broken_sample_list"] = sorted(broken.paths)[:100]
         ctx.report(metrics, checkpoint)
@@ -142,7 +159,8 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
 
 
 def train_one_epoch(model, optimizer, scaler, sampler: StreamSampler, cfg: ExperimentConfig, ctx: WorkerContext,
-                    counts: np.ndarray, first_step: int, iters: int, total: int, amp: bool) -> dict[str, float]:
+                    counts: np.ndarray, first_step: int, iters: int, total: int, amp: bool,
+                    prev: PrevGuidance | None = None) -> dict[str, float]:
     model.train()
     sums: dict[str, float] = defaultdict(float)
     n_id, n_total = unlabeled_sizes(cfg)
@@ -161,7 +179,8 @@ def train_one_epoch(model, optimizer, scaler, sampler: StreamSampler, cfg: Exper
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(ctx.device.type, enabled=amp):
             loss, logs = train_step(model, cfg.train.method, batch, tau=cfg.train.conf_thresh,
-                                    lambda_ood=cfg.train.lambda_ood, ood_label_source=cfg.ood.label_source)
+                                    lambda_ood=cfg.train.lambda_ood, ood_label_source=cfg.ood.label_source,
+                                    prev=prev)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -173,6 +192,8 @@ def train_one_epoch(model, optimizer, scaler, sampler: StreamSampler, cfg: Exper
     out = {key: value / iters for key, value in sums.items()}
     out.update(label_agreement(*pooled))
     out["lr"] = lr
+    if prev is not None:
+        out.update(lambda_prev=prev.weight, prev_models=len(prev.models))
     return out
 
 
