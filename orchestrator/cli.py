@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, tracking=False, storage=False)
 
     p = sub.add_parser("report", help="table (mean ± std over seeds) and plots of a sweep's runs")
-    p.add_argument("--experiment", required=True, help="the sweep's name (its MLflow experiment)")
+    p.add_argument("--experiment", required=True, action="append",
+                   help="the sweep's name (its MLflow experiment); repeat it to merge sweeps into one table")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
-    p.add_argument("--out", help="output folder (default reports/<experiment>)")
+    p.add_argument("--out", help="output folder (default reports/<experiment>[+<experiment>...])")
 
     p = sub.add_parser("ui", help="start the MLflow UI on the results (bound to 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")

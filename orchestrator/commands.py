@@ -115,7 +115,7 @@ def report(args: argparse.Namespace) -> int:
     from orchestrator.report import write_report
     from orchestrator.tracking import resolve_tracking_uri
 
-    out = Path(args.out) if args.out else Path("reports") / args.experiment
+    out = Path(args.out) if args.out else Path("reports") / "+".join(args.experiment)
     summary = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out)
     print(summary.pop("table"))
     print_json(summary)

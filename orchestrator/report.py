@@ -1,5 +1,8 @@
-"""`run.py report`: turn a sweep's MLflow runs into a grouped table (mean ± std over seeds) and plots.
+"""`run.py report`: turn sweeps' MLflow runs into grouped tables (mean ± std over seeds) and plots.
 
+Tables: one row per group of the swept keys; when `data.split` is swept, the paper's layout too (rows =
+methods, columns = label splits); and per-class IoU (last epoch) per group. Several experiments can be
+merged (e.g. `methods` and `naive_ood`), so a baseline run as its own sweep sits in the same table.
 Pure parts (`group_rows`, `format_*`) take plain dicts; `collect_trials` is the only MLflow read and
 `write_report` the only writer, so the numbers are tested on hand-made rows.
 """
@@ -9,7 +12,7 @@ import csv
 import io
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,9 @@ from orchestrator.errors import UserError
 
 SEED_KEYS = ("seed",)
 METRIC = "best_val_miou"
+SPLIT_KEY = "data.split"
+CLASS_PREFIX = "val_iou."
+INERT = "–"   # shown for a key that does not affect the run (e.g. ood.* of a method without an OOD stream)
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class Group:
     key: tuple                  # values of the grouping params, in `keys` order
     values: list[float]         # the metric of each run in the group (one per seed)
     mask_ratio: list[float]
+    per_class: dict[str, list[float]] = field(default_factory=dict)   # class -> last-epoch IoU per run
 
     @property
     def mean(self) -> float:
@@ -35,10 +42,19 @@ class Group:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
 
+def effective_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Params with inert keys blanked: `ood.*` does nothing without an OOD stream (supervised, unimatch), so
+    a supervised run of one sweep and of another group together whatever their ood.label_source says."""
+    if params.get("train.method") in ("supervised", "unimatch"):
+        return {k: (INERT if k.startswith("ood.") else v) for k, v in params.items()}
+    return dict(params)
+
+
 def grouping_keys(trials: list[dict[str, Any]]) -> list[str]:
     """Params that differ between trials, except seeds (they are what the mean and std run over)."""
-    keys = sorted({k for t in trials for k in t["params"]})
-    return [k for k in keys if k not in SEED_KEYS and len({t["params"].get(k) for t in trials}) > 1]
+    params = [effective_params(t["params"]) for t in trials]
+    keys = sorted({k for p in params for k in p})
+    return [k for k in keys if k not in SEED_KEYS and len({p.get(k) for p in params}) > 1]
 
 
 def group_rows(trials: list[dict[str, Any]], keys: list[str]) -> list[Group]:
@@ -46,11 +62,15 @@ def group_rows(trials: list[dict[str, Any]], keys: list[str]) -> list[Group]:
     for t in trials:
         if METRIC not in t["metrics"]:
             continue
-        key = tuple(t["params"].get(k) for k in keys)
+        params = effective_params(t["params"])
+        key = tuple(params.get(k) for k in keys)
         g = groups.setdefault(key, Group(key, [], []))
         g.values.append(t["metrics"][METRIC])
         if "mask_ratio" in t["metrics"]:
             g.mask_ratio.append(t["metrics"]["mask_ratio"])
+        for name, value in t["metrics"].items():
+            if name.startswith(CLASS_PREFIX):
+                g.per_class.setdefault(name[len(CLASS_PREFIX):], []).append(value)
     return sorted(groups.values(), key=lambda g: tuple(_sortable(v) for v in g.key))
 
 
@@ -67,6 +87,44 @@ def format_markdown(groups: list[Group], keys: list[str]) -> str:
     for g in groups:
         lines.append("| " + " | ".join([*(str(v) for v in g.key), str(len(g.values)),
                                          f"{g.mean:.2f} ± {g.std:.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+
+
+def format_by_split(groups: list[Group], keys: list[str]) -> str:
+    """The paper's layout: a row per combination of the other keys (methods), a column per label split."""
+    if SPLIT_KEY not in keys or len(keys) < 2:
+        return ""
+    si = keys.index(SPLIT_KEY)
+    row_keys = [k for k in keys if k != SPLIT_KEY]
+    splits = sorted({g.key[si] for g in groups}, key=_sortable)
+    rows: dict[tuple, dict[Any, Group]] = {}
+    for g in groups:
+        rows.setdefault(tuple(v for i, v in enumerate(g.key) if i != si), {})[g.key[si]] = g
+    head = [*row_keys, *(f"{s} labels" for s in splits)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, by_split in sorted(rows.items(), key=lambda kv: tuple(_sortable(v) for v in kv[0])):
+        cells = [_cell(by_split[s].values) if s in by_split else "" for s in splits]
+        lines.append("| " + " | ".join([*(str(v) for v in row), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_per_class(groups: list[Group], keys: list[str]) -> str:
+    """Per-class IoU (last epoch, mean ± std over seeds) per group: which classes a method helps or hurts."""
+    classes = list(dict.fromkeys(c for g in groups for c in g.per_class))
+    if not classes:
+        return ""
+    head = [*keys, *classes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        lines.append("| " + " | ".join([*(str(v) for v in g.key), *(_cell(g.per_class.get(c, [])) for c in classes)])
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -109,29 +167,30 @@ def plot_files(groups: list[Group], keys: list[str], out: Path) -> list[Path]:
 
     made = []
 
-    def series(x_key: str, by_key: str | None):
+    def series(x_key: str):
+        """One line per combination of the other keys (so merged sweeps never share a line)."""
         xi = keys.index(x_key)
-        bi = keys.index(by_key) if by_key in keys else None
-        lines: dict[Any, list[tuple[float, float, float]]] = {}
+        lines: dict[str, list[tuple[float, float, float]]] = {}
         for g in groups:
             try:
                 x = float(g.key[xi])
             except (TypeError, ValueError):
                 continue
-            lines.setdefault(g.key[bi] if bi is not None else "", []).append((x, g.mean, g.std))
+            label = ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, g.key)) if i != xi and v != INERT)
+            lines.setdefault(label, []).append((x, g.mean, g.std))
         return {k: sorted(v) for k, v in lines.items()}
 
-    def errorbar_plot(x_key: str, by_key: str, xlabel: str, name: str, logx: bool = False):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label, pts in series(x_key, by_key).items():
+    def errorbar_plot(x_key: str, xlabel: str, name: str, logx: bool = False):
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for label, pts in series(x_key).items():
             xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{by_key}={label}" if label != "" else None)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label or None)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("best val mIoU (%)")
         if logx:
             ax.set_xscale("log", base=2)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
         fig.tight_layout()
         path = out / name
         fig.savefig(path, dpi=120)
@@ -139,9 +198,9 @@ def plot_files(groups: list[Group], keys: list[str], out: Path) -> list[Path]:
         made.append(path)
 
     if "ood.ratio" in keys:
-        errorbar_plot("ood.ratio", "data.split", "OOD share of the unlabeled batch (ood.ratio)", "miou_vs_ood_ratio.png")
-    if "data.split" in keys:
-        errorbar_plot("data.split", "train.method", "labeled images (data.split)", "miou_vs_labels.png", logx=True)
+        errorbar_plot("ood.ratio", "OOD share of the unlabeled batch (ood.ratio)", "miou_vs_ood_ratio.png")
+    if SPLIT_KEY in keys:
+        errorbar_plot(SPLIT_KEY, "labeled images (data.split)", "miou_vs_labels.png", logx=True)
     if "train.conf_thresh" in keys:
         xi = keys.index("train.conf_thresh")
         pts = sorted((float(g.key[xi]), statistics.fmean(g.mask_ratio) if g.mask_ratio else math.nan, g.mean)
@@ -161,17 +220,36 @@ def plot_files(groups: list[Group], keys: list[str], out: Path) -> list[Path]:
     return made
 
 
-def write_report(uri: str, experiment: str, out_dir: Path) -> dict[str, Any]:
-    parent, trials = collect_trials(uri, experiment)
+def report_markdown(title: str, groups: list[Group], keys: list[str]) -> str:
+    parts = [f"# {title}\n", f"{METRIC} (%), mean ± std over seeds, one row per group of swept keys:\n",
+             format_markdown(groups, keys)]
+    by_split = format_by_split(groups, keys)
+    if by_split:
+        parts += ["\nThe same, rows = the other keys, columns = label splits (the paper's layout):\n", by_split]
+    per_class = format_per_class(groups, keys)
+    if per_class:
+        parts += ["\nPer-class val IoU (%) at the last epoch, mean ± std over seeds:\n", per_class]
+    return "\n".join(parts)
+
+
+def write_report(uri: str, experiments: list[str] | str, out_dir: Path) -> dict[str, Any]:
+    """Report on one sweep, or on several merged into one table (their trials grouped together)."""
+    names = [experiments] if isinstance(experiments, str) else list(experiments)
+    parents, trials = [], []
+    for name in names:
+        parent, found = collect_trials(uri, name)
+        parents += [parent] if parent else []
+        trials += found
     keys = grouping_keys(trials)
     groups = group_rows(trials, keys)
     out_dir.mkdir(parents=True, exist_ok=True)
+    title = " + ".join(names)
     files = [out_dir / "report.md", out_dir / "report.csv"]
-    files[0].write_text(f"# {experiment}\n\n" + format_markdown(groups, keys))
+    files[0].write_text(report_markdown(title, groups, keys))
     files[1].write_text(format_csv(groups, keys))
     files += plot_files(groups, keys, out_dir)
-    if parent:
+    for parent in parents:
         for f in files:
             tracking.client(uri).log_artifact(parent, str(f), "report")
-    return {"experiment": experiment, "trials": len(trials), "groups": len(groups), "keys": keys,
-            "files": [str(f) for f in files], "table": format_markdown(groups, keys)}
+    return {"experiment": title, "trials": len(trials), "groups": len(groups), "keys": keys,
+            "files": [str(f) for f in files], "table": files[0].read_text()}

@@ -52,3 +52,64 @@ def test_unknown_experiment_is_a_user_error(sqlite_uri):
 
     with pytest.raises(UserError, match="no MLflow experiment 'nope'"):
         write_report(sqlite_uri, "nope", __import__("pathlib").Path("/tmp/unused"))
+
+
+def run_of(method, split, seed, miou, source="teacher", ring=None):
+    metrics = {"best_val_miou": miou}
+    if ring is not None:
+        metrics.update({"val_iou.background": 99.0, "val_iou.ring": ring})
+    return {"params": {"train.method": method, "data.split": split, "seed": seed, "ood.label_source": source},
+            "metrics": metrics}
+
+
+# Two sweeps merged: `methods` (label_source fixed at teacher) and `naive_ood` (semiovs with self labels).
+MERGED = [run_of("supervised", "8", "0", 50.0, ring=10.0), run_of("supervised", "8", "1", 54.0, ring=20.0),
+          run_of("supervised", "16", "0", 60.0), run_of("semiovs", "8", "0", 58.0), run_of("semiovs", "16", "0", 66.0),
+          run_of("semiovs", "8", "0", 40.0, source="self"), run_of("supervised", "16", "1", 62.0, source="self")]
+
+
+def test_ood_keys_are_inert_for_methods_without_an_ood_stream():
+    keys = grouping_keys(MERGED)
+    assert keys == ["data.split", "ood.label_source", "train.method"]
+    groups = group_rows(MERGED, keys)
+    # both supervised runs at 16 labels group together although one sweep said self and the other teacher
+    sup16 = [g for g in groups if g.key == ("16", "–", "supervised")]
+    assert len(sup16) == 1 and sup16[0].values == [60.0, 62.0]
+
+
+def test_paper_layout_has_methods_as_rows_and_splits_as_columns():
+    from orchestrator.report import format_by_split
+
+    keys = grouping_keys(MERGED)
+    table = format_by_split(group_rows(MERGED, keys), keys)
+    lines = table.splitlines()
+    assert lines[0] == "| ood.label_source | train.method | 8 labels | 16 labels |"
+    assert "| – | supervised | 52.0 ± 2.8 | 61.0 ± 1.4 |" in lines
+    assert "| self | semiovs | 40.0 ± 0.0 |  |" in lines            # a split the group never ran stays empty
+    assert "| teacher | semiovs | 58.0 ± 0.0 | 66.0 ± 0.0 |" in lines
+
+
+def test_per_class_table_averages_the_last_epoch_iou_over_seeds():
+    from orchestrator.report import format_per_class
+
+    keys = grouping_keys(MERGED)
+    table = format_per_class(group_rows(MERGED, keys), keys)
+    assert table.splitlines()[0] == "| data.split | ood.label_source | train.method | background | ring |"
+    assert "| 8 | – | supervised | 99.0 ± 0.0 | 15.0 ± 7.1 |" in table
+
+
+def test_report_merges_experiments_and_logs_to_each_parent(sqlite_uri, tmp_path):
+    client = tracking.client(sqlite_uri)
+    parents = {}
+    for name, runs in (("m", MERGED[:5]), ("naive", MERGED[5:])):
+        exp = tracking.ensure_experiment(sqlite_uri, name)
+        parents[name] = tracking.start_parent_run(sqlite_uri, exp, name, {}, resume=False)
+        for i, t in enumerate(runs):
+            run = client.create_run(exp, tags={"role": "trial", "trial_id": f"t{i}", "mlflow.parentRunId": parents[name]})
+            tracking.log_params(sqlite_uri, run.info.run_id, t["params"])
+            tracking.log_metrics(sqlite_uri, run.info.run_id, t["metrics"], step=6)
+    out = write_report(sqlite_uri, ["m", "naive"], tmp_path / "both")
+    assert out["trials"] == 7 and out["experiment"] == "m + naive"
+    assert "| self | semiovs | 40.0 ± 0.0 |  |" in out["table"]
+    for parent in parents.values():
+        assert "report/report.md" in {a.path for a in client.list_artifacts(parent, "report")}
