@@ -111,7 +111,8 @@ def test_guidance_enters_the_total_with_lambda_prev(method, id_weight):
     batch = random_batch(method)
     past = Recorder(update_snapshots([], model, True, 8)[0])
     plain, _, _ = step(copy.deepcopy(model), method, batch)
-    guided, logs, _ = step(copy.deepcopy(model), method, batch, PrevGuidance([past], make_generator(0), 0.5, thresh=0.0))
+    guide = PrevGuidance([past], make_generator(0), 0.5, thresh=0.0)   # untrained: keep every pixel
+    guided, logs, _ = step(copy.deepcopy(model), method, batch, guide)
     assert logs["loss_prev"] > 0
     assert guided.item() == pytest.approx((plain.item() * id_weight + 0.5 * logs["loss_prev"]) / (id_weight + 0.5))
     (call,) = past.calls                        # one eval-mode, no-grad pass over [u_w; m_w]; never the OOD images
