@@ -44,8 +44,10 @@ def test_counts_on_hand_made_tensors():
     label = torch.tensor([[1, 2, 3], [0, 0, 4]])
     used = torch.tensor([[True, True, False], [True, True, False]])
     truth = torch.tensor([[1, 0, 3], [255, 0, 4]])
-    # ground truth at 5 pixels; used there: (0,0) (0,1) (1,1); right: (0,0) and (1,1)
-    assert label_agreement_counts(label, used, truth) == dict(zip(OOD_GT_COUNTS, (2.0, 3.0, 5.0)))
+    # ground truth at 5 pixels; used there: (0,0) (0,1) (1,1); right: (0,0) and (1,1);
+    # labeled an object among the used: (0,0) (0,1), of which (0,0) is right (a "distractor" at (0,1))
+    assert label_agreement_counts(label, used, truth) == dict(zip(OOD_GT_COUNTS, (2.0, 3.0, 5.0, 1.0, 2.0)))
+    assert label_agreement(2.0, 3.0, 5.0, 1.0, 2.0)["ood_label_object_precision"] == pytest.approx(50.0)
     got = label_agreement(2.0, 3.0, 5.0)
     assert got == pytest.approx({"ood_label_agreement": 200 / 3, "ood_label_coverage": 60.0})
     assert label_agreement(0.0, 0.0, 5.0) == {"ood_label_coverage": 0.0}   # nothing used: no agreement
@@ -58,8 +60,9 @@ def test_train_step_measures_the_ood_labels_it_trains_on(source):
     batch["ign_o"][0, :2] = 255                      # 8 teacher-ignored pixels in image 0
     batch["gt_o"] = torch.stack([torch.full((4, 4), 3), torch.full((4, 4), 1), torch.full((4, 4), 255)])
     _, _, logs = run(batch, source=source)
-    # ground truth on images 0-1 (32 px); used: not ignored (24 px); right: image 0's 8 used pixels
-    assert [logs[k] for k in OOD_GT_COUNTS] == [8.0, 24.0, 32.0]
+    # ground truth on images 0-1 (32 px); used: not ignored (24 px); right: image 0's 8 used pixels;
+    # every used pixel is labeled an object (class 3), so object precision counts the same 8 of 24
+    assert [logs[k] for k in OOD_GT_COUNTS] == [8.0, 24.0, 32.0, 8.0, 24.0]
     _, _, logs = run(make_batch(n_ood=3), source=source)
     assert not set(OOD_GT_COUNTS) & set(logs)        # no ground truth, no counts
 

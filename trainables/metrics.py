@@ -73,27 +73,36 @@ class ConfusionMatrix:
 
 
 # Pixel counts behind the OOD pseudo-label agreement; train_step logs them, the epoch pools them.
-OOD_GT_COUNTS = ("ood_gt_agree_px", "ood_gt_used_px", "ood_gt_valid_px")
+OOD_GT_COUNTS = ("ood_gt_agree_px", "ood_gt_used_px", "ood_gt_valid_px", "ood_gt_obj_agree_px", "ood_gt_obj_used_px")
 
 
 def label_agreement_counts(label: Tensor, used: Tensor, truth: Tensor) -> dict[str, float]:
     """Pixel counts of pseudo-labels against ground truth (255 in `truth` = no ground truth there).
 
     valid = pixels with ground truth; used = valid pixels the loss trains on; agree = used pixels whose
-    pseudo-label equals the ground truth.
+    pseudo-label equals the ground truth; obj_* = the same over used pixels the pseudo-label calls an object
+    (class > 0). Background dominates plain agreement; object precision is where a distractor called a
+    target class shows.
     """
     valid = truth != IGNORE
     used_valid = used.bool() & valid
-    agree = used_valid & (label.long() == truth.long())
-    return dict(zip(OOD_GT_COUNTS, (float(agree.sum()), float(used_valid.sum()), float(valid.sum()))))
+    right = label.long() == truth.long()
+    agree = used_valid & right
+    obj_used = used_valid & (label.long() > 0)
+    counts = (agree.sum(), used_valid.sum(), valid.sum(), (obj_used & right).sum(), obj_used.sum())
+    return dict(zip(OOD_GT_COUNTS, (float(c) for c in counts)))
 
 
-def label_agreement(agree_px: float, used_px: float, valid_px: float) -> dict[str, float]:
-    """ood_label_agreement (% of used pixels that are right) and ood_label_coverage (% of valid pixels
-    used), in percent; a share whose denominator is zero is left out rather than reported as 0."""
+def label_agreement(agree_px: float, used_px: float, valid_px: float, obj_agree_px: float = 0.0,
+                    obj_used_px: float = 0.0) -> dict[str, float]:
+    """In percent: ood_label_agreement (used pixels that are right), ood_label_coverage (valid pixels used),
+    ood_label_object_precision (used pixels labeled as an object that are that object). A share whose
+    denominator is zero is left out rather than reported as 0."""
     out = {}
     if valid_px > 0:
         out["ood_label_coverage"] = 100.0 * used_px / valid_px
     if used_px > 0:
         out["ood_label_agreement"] = 100.0 * agree_px / used_px
+    if obj_used_px > 0:
+        out["ood_label_object_precision"] = 100.0 * obj_agree_px / obj_used_px
     return out
