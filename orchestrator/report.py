@@ -54,8 +54,9 @@ def grouping_keys(trials: list[dict[str, Any]]) -> list[str]:
     """Params that differ between trials, except seeds (they are what the mean and std run over)."""
     params = [effective_params(t["params"]) for t in trials]
     keys = sorted({k for p in params for k in p})
-    # a key counts when its *effective* values differ: ood.ratio fixed for SemiOVS and inert elsewhere is no axis
-    return [k for k in keys if k not in SEED_KEYS and len({p.get(k) for p in params} - {INERT}) > 1]
+    # a key counts when its *effective* values differ: ood.ratio fixed for SemiOVS and inert elsewhere is no
+    # axis, nor is a key that runs of older code did not record (missing beside one value)
+    return [k for k in keys if k not in SEED_KEYS and len({p.get(k) for p in params} - {INERT, None}) > 1]
 
 
 def group_rows(trials: list[dict[str, Any]], keys: list[str]) -> list[Group]:

@@ -73,6 +73,9 @@ def test_ood_keys_are_inert_for_methods_without_an_ood_stream():
     assert keys == ["data.split", "ood.label_source", "train.method"]
     # one sweep alone: label_source is teacher wherever it matters, so it is no axis of its table
     assert grouping_keys(MERGED[:5]) == ["data.split", "train.method"]
+    # a key only newer runs record (a config key added since) is no axis either
+    newer = [{**t, "params": {**t["params"], "train.prevmatch": "False"}} for t in MERGED[5:]]
+    assert grouping_keys(MERGED[:5] + newer) == keys
     groups = group_rows(MERGED, keys)
     # both supervised runs at 16 labels group together although one sweep said self and the other teacher
     sup16 = [g for g in groups if g.key == ("16", "–", "supervised")]
