@@ -184,13 +184,17 @@ def plot_files(groups: list[Group], keys: list[str], out: Path) -> list[Path]:
 
     def errorbar_plot(x_key: str, xlabel: str, name: str, logx: bool = False):
         fig, ax = plt.subplots(figsize=(6, 3.8))
+        ticks: set[float] = set()
         for label, pts in series(x_key).items():
             xs, ys, es = zip(*pts)
+            ticks.update(xs)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label or None)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("best val mIoU (%)")
         if logx:
             ax.set_xscale("log", base=2)
+            ax.minorticks_off()
+        ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])   # the swept values, not 2^k
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         fig.tight_layout()
