@@ -72,40 +72,26 @@ def label_table(labels: np.ndarray, conf_u8: np.ndarray, ids: list[str]) -> dict
     return {i: (encode_png(lab), encode_png(c)) for i, lab, c in zip(ids, labels, conf_u8)}
 
 
-def prepare(base: dict[str, Any], cache_root: Path, score_images: int, log) -> dict[str, Any]:
-    """Data plan, teacher labels and ground-truth labels of the OOD corpus, and the teacher's quality on it."""
+def run_teacher(cfg, cache_root: Path, root: Path, plan, images: np.ndarray, gt: np.ndarray, n: int,
+                distractor, log) -> tuple[dict[str, Any], dict[str, tuple[bytes, bytes]]]:
+    """Fit (or reuse) the benchmark's teacher, label every OOD image, and score it on the first n."""
     import torch
 
-    from orchestrator.config import build_config
-    from orchestrator.data.voc import load_image, load_mask
-    from orchestrator.data_plan import build_plan, dataset_root
     from orchestrator.pseudo_labels import ensure_fitted_teacher, teacher_spec
     from orchestrator.teachers import build_teacher, evaluate_teacher
 
-    cfg = build_config({**base, "train.method": "semiovs"})
-    root = dataset_root(cfg, cache_root)
-    plan = build_plan(cfg, cache_root)
     started = time.time()
     ckpt = ensure_fitted_teacher(cfg, cache_root, root, log)
     fit_seconds = time.time() - started
     teacher = build_teacher(teacher_spec(cfg, cache_root, root), plan.teacher_vocabulary)
-    ids = [i for i, _ in plan.ood]
-    images = np.stack([load_image(p) for _, p in plan.ood])
-    gt = np.stack([load_mask(m) for m in plan.ood_masks])
     started = time.time()
     with torch.inference_mode():
         preds = [teacher.predict(images[s:s + 128]) for s in range(0, len(images), 128)]
     labels = np.concatenate([p[0] for p in preds])
     conf_u8 = np.round(255 * np.concatenate([p[1] for p in preds])).astype(np.uint8)
     label_seconds = time.time() - started
-    n = min(score_images, len(images))
     scores = evaluate_teacher(teacher, images[:n], gt[:n], plan.vocabulary.num_classes)
-    source = [m.replace("/SegmentationClass/", "/SegmentationClassSource/") for m in plan.ood_masks[:n]]
-    distractor = None
-    if all(os.path.isfile(s) for s in source):
-        src = np.stack([load_mask(s) for s in source])
-        distractor = (src >= plan.vocabulary.num_classes) & (src != 255)
-    teacher_info = {
+    info = {
         "checkpoint": str(ckpt), "fit_steps": cfg.teacher.fit_steps, "fit_seconds_if_fitted_now": round(fit_seconds, 1),
         "label_seconds": round(label_seconds, 1), "ood_images": len(images), "scored_images": n,
         "ood_miou": round(scores["miou"], 2), "ood_pixel_acc": round(scores["pixel_acc"], 2),
@@ -113,10 +99,35 @@ def prepare(base: dict[str, Any], cache_root: Path, score_images: int, log) -> d
         "label_agreement_with_gt": round(100.0 * float((labels == gt)[gt != 255].mean()), 2),
     }
     if distractor is not None:
-        teacher_info["distractor_pixels_to_background"] = round(float((labels[:n][distractor] == 0).mean()), 3)
+        info["distractor_pixels_to_background"] = round(float((labels[:n][distractor] == 0).mean()), 3)
+    return info, label_table(labels, conf_u8, [i for i, _ in plan.ood])
+
+
+def prepare(base: dict[str, Any], cache_root: Path, score_images: int, log, need_teacher: bool = True) -> dict[str, Any]:
+    """Data plan, teacher labels and ground-truth labels of the OOD corpus, and the teacher's quality on it.
+    Without `need_teacher` (no method reads teacher labels) the teacher is neither fitted nor run."""
+    from orchestrator.config import build_config
+    from orchestrator.data.voc import load_image, load_mask
+    from orchestrator.data_plan import build_plan, dataset_root
+
+    cfg = build_config({**base, "train.method": "semiovs"})
+    root = dataset_root(cfg, cache_root)
+    plan = build_plan(cfg, cache_root)
+    ids = [i for i, _ in plan.ood]
+    images = np.stack([load_image(p) for _, p in plan.ood])
+    gt = np.stack([load_mask(m) for m in plan.ood_masks])
+    n = min(score_images, len(images))
+    source = [m.replace("/SegmentationClass/", "/SegmentationClassSource/") for m in plan.ood_masks[:n]]
+    distractor = None
+    if all(os.path.isfile(s) for s in source):
+        src = np.stack([load_mask(s) for s in source])
+        distractor = (src >= plan.vocabulary.num_classes) & (src != 255)
+    teacher_info, teacher_table = {"scored_images": n}, None
+    if need_teacher:
+        teacher_info, teacher_table = run_teacher(cfg, cache_root, root, plan, images, gt, n, distractor, log)
     return {
         "root": str(root), "ids": ids,
-        "teacher_table": label_table(labels, conf_u8, ids),
+        "teacher_table": teacher_table,
         "gt_table": label_table(gt, np.full_like(gt, 255), ids),
         "score": {"images": images[:n], "gt": gt[:n], "distractor": distractor},
         "teacher": teacher_info,
@@ -232,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     print(f"# load average at start: {os.getloadavg()}; overrides: {base}", flush=True)
     started = time.time()
-    prep = prepare(base, cache_root, args.score_images, log)
+    needs_teacher = any(m in ("semiovs-teacher",) for m in args.methods)
+    prep = prepare(base, cache_root, args.score_images, log, need_teacher=needs_teacher)
     print(json.dumps({"teacher": prep["teacher"]}), flush=True)
 
     jobs = []
@@ -261,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     sup = [r["student_ood_miou"] for r in rows if "student_ood_miou" in r]
     print(summarize(rows, args.methods, [str(s) for s in args.splits]))
     print(f"\nID val mIoU (%), mean ± std over seeds {args.seeds}, after the last epoch.")
-    print(f"teacher OOD mIoU {t['ood_miou']:.1f} (distractor px → background "
+    print(f"teacher OOD mIoU {t.get('ood_miou', math.nan):.1f} (distractor px → background "
           f"{t.get('distractor_pixels_to_background', math.nan):.0%}); supervised student OOD mIoU "
           f"{np.mean(sup) if sup else math.nan:.1f} (on the same {t['scored_images']} OOD images)")
     print(f"# wall time {time.time() - started:.0f} s; load average at end: {os.getloadavg()}")

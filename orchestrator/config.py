@@ -49,6 +49,7 @@ class DataConfig:
     num_source: int = 2000      # `shapes`: labeled source corpus (wide vocabulary) for fitting the teacher
     distractor_share: float = 0.5  # `shapes`: share of OOD objects that are distractors
     style_shift: float = 0.2    # `shapes`: low-level style difference of OOD images (0 = same as ID)
+    id_class_prior: str = "skewed"  # `shapes`: ID class frequencies, skewed (rings rare) or uniform
     max_broken_share: float = 0.05  # stop when more than this share of a corpus cannot be read
 
     def __post_init__(self):
@@ -60,6 +61,7 @@ class DataConfig:
             _require(getattr(self, key) >= 1, f"data.{key}", "must be >= 1", "use a positive count")
         _between(self.distractor_share, 0.0, 1.0, "data.distractor_share")
         _between(self.style_shift, 0.0, 1.0, "data.style_shift")
+        _one_of(self.id_class_prior, ("skewed", "uniform"), "data.id_class_prior")
         _between(self.max_broken_share, 0.0, 1.0, "data.max_broken_share")
         _require(self.dataset == "shapes" or bool(self.root), "data.root",
                  f"is required for data.dataset={self.dataset}", "set data.root to the dataset folder")

@@ -31,7 +31,7 @@ def shapes_spec(cfg: ExperimentConfig):
     splits = tuple(n for n in ShapesSpec.splits if n < d.num_train)  # a small pool keeps the splits that fit
     return ShapesSpec(image_size=d.image_size, num_train=d.num_train, num_val=d.num_val, num_ood=d.num_ood,
                       num_source=d.num_source, distractor_share=d.distractor_share, style_shift=d.style_shift,
-                      seed=d.seed, splits=splits or (1,))
+                      seed=d.seed, splits=splits or (1,), id_class_prior=d.id_class_prior)
 
 
 def dataset_root(cfg: ExperimentConfig, cache_root: Path) -> Path:

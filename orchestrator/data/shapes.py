@@ -53,6 +53,7 @@ LOOKALIKE = {"ellipse": "disk", "rectangle": "square", "trapezoid": "triangle", 
 _NUM_TARGET = TARGET_VOCAB.num_classes - 1
 _ID_PRIOR = (0.35, 0.25, 0.18, 0.13, 0.09)  # ID objects: disks common, rings rare ...
 _OOD_PRIOR = _ID_PRIOR[::-1]                # ... OOD objects: the other way round
+ID_PRIORS = ("skewed", "uniform")           # `uniform`: every target class equally common in the ID domain
 _DOMAINS = {"train": 0, "val": 1, "ood": 2, "source": 3}
 _MAX_COUNT = 100_000  # ids are 5 digits
 
@@ -70,6 +71,7 @@ class ShapesSpec:
     distractor_share: float = 0.5  # share of OOD objects that are distractors
     style_shift: float = 0.2       # 0 = OOD style identical to ID, 1 = strongly different low-level style
     seed: int = 0
+    id_class_prior: str = "skewed"  # ID class frequencies: skewed (a rare class, as in VOC) or uniform
 
     def __post_init__(self):
         def need(ok: bool, field: str, allowed: str) -> None:
@@ -88,6 +90,7 @@ class ShapesSpec:
             need(isinstance(getattr(self, f), (int, float)) and 0.0 <= getattr(self, f) <= 1.0, f, "a number in [0, 1]")
             object.__setattr__(self, f, float(getattr(self, f)))
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an int >= 0")
+        need(self.id_class_prior in ID_PRIORS, "id_class_prior", " or ".join(ID_PRIORS))
 
     @classmethod
     def smoke(cls, **overrides) -> "ShapesSpec":
@@ -95,7 +98,10 @@ class ShapesSpec:
         return cls(**{**dict(num_train=40, num_val=16, num_ood=40, num_source=40, splits=(8, 16)), **overrides})
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "splits": list(self.splits)}
+        out = {**dataclasses.asdict(self), "splits": list(self.splits)}
+        if self.id_class_prior == "skewed":  # the knob came later: specs without it keep their digest (and cache)
+            del out["id_class_prior"]
+        return out
 
     def digest(self) -> str:
         """Short content key: the spec's fields and the generator version."""
@@ -106,7 +112,8 @@ class ShapesSpec:
 def domain_contents(spec: ShapesSpec) -> dict[str, render.Content]:
     """What each domain contains. Probabilities are over source-vocabulary ids 1..10 (targets, then distractors)."""
     d = spec.distractor_share
-    id_probs = _ID_PRIOR + (0.0,) * len(DISTRACTOR_NAMES)
+    id_prior = _ID_PRIOR if spec.id_class_prior == "skewed" else (1.0 / _NUM_TARGET,) * _NUM_TARGET
+    id_probs = id_prior + (0.0,) * len(DISTRACTOR_NAMES)
     ood_probs = tuple((1 - d) * p for p in _OOD_PRIOR) + tuple(d / len(DISTRACTOR_NAMES) for _ in DISTRACTOR_NAMES)
     src_probs = (1.0,) * (SOURCE_VOCAB.num_classes - 1)
     id_content = render.Content(num_objects=(1, 3), num_clutter=(0, 2), radius=(0.16, 0.30), class_probs=id_probs)
