@@ -115,6 +115,24 @@ def test_ood_content_differs_from_id_as_designed(shapes):
     assert objects(ood_src) > objects(id_masks)
 
 
+def test_uniform_id_prior_evens_out_the_target_classes(tmp_path):
+    """`id_class_prior: uniform` makes every target class about equally common in ID images; the default
+    spec's digest (its cache folder) is the same as before the knob existed."""
+    from orchestrator.data.shapes import domain_contents
+
+    assert domain_contents(ShapesSpec(id_class_prior="uniform"))["train"].class_probs[:5] == (0.2,) * 5
+    assert domain_contents(ShapesSpec())["train"].class_probs[:5] == (0.35, 0.25, 0.18, 0.13, 0.09)
+    assert "id_class_prior" not in ShapesSpec().to_dict()
+    assert ShapesSpec(id_class_prior="uniform").digest() != ShapesSpec().digest()
+    spec = ShapesSpec.smoke(num_train=200, num_val=4, num_ood=4, num_source=4, id_class_prior="uniform")
+    generate_shapes(spec, tmp_path / "u")
+    share = _class_pixels([load_mask(m) for _, m in SegDataset.resolve(tmp_path / "u", "16").unlabeled],
+                          TARGET_VOCAB.num_classes)
+    assert share.max() < 0.35          # skewed: disks alone are about half the object pixels
+    with pytest.raises(ValueError, match="id_class_prior"):
+        ShapesSpec(id_class_prior="zipf")
+
+
 def test_spec_validation_names_the_field():
     with pytest.raises(ValueError, match=r"ShapesSpec.image_size = 16 .*32\.\.512"):
         ShapesSpec(image_size=16)
