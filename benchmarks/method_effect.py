@@ -243,8 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     print(f"# load average at start: {os.getloadavg()}; overrides: {base}", flush=True)
     started = time.time()
-    needs_teacher = any(m in ("semiovs-teacher",) for m in args.methods)
-    prep = prepare(base, cache_root, args.score_images, log, need_teacher=needs_teacher)
+    prep = prepare(base, cache_root, args.score_images, log, need_teacher="semiovs-teacher" in args.methods)
     print(json.dumps({"teacher": prep["teacher"]}), flush=True)
 
     jobs = []

@@ -17,6 +17,7 @@ METHODS = ("supervised", "unimatch", "semiovs")
 LABEL_SOURCES = ("teacher", "self", "none")
 TEACHER_KINDS = ("textseg", "maskclip")
 DATASETS = ("shapes", "pascal", "pc60")
+ID_CLASS_PRIORS = ("skewed", "uniform")  # `shapes`: uniform = every target class equally common in ID
 STUDENT_ARCHS = ("unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101")
 
 
@@ -61,7 +62,7 @@ class DataConfig:
             _require(getattr(self, key) >= 1, f"data.{key}", "must be >= 1", "use a positive count")
         _between(self.distractor_share, 0.0, 1.0, "data.distractor_share")
         _between(self.style_shift, 0.0, 1.0, "data.style_shift")
-        _one_of(self.id_class_prior, ("skewed", "uniform"), "data.id_class_prior")
+        _one_of(self.id_class_prior, ID_CLASS_PRIORS, "data.id_class_prior")
         _between(self.max_broken_share, 0.0, 1.0, "data.max_broken_share")
         _require(self.dataset == "shapes" or bool(self.root), "data.root",
                  f"is required for data.dataset={self.dataset}", "set data.root to the dataset folder")

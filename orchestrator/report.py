@@ -83,13 +83,15 @@ def _sortable(value: Any) -> tuple:
         return (1, 0.0, str(value))
 
 
-def format_markdown(groups: list[Group], keys: list[str]) -> str:
-    head = [*keys, "runs", f"{METRIC} (mean ± std)"]
+def _markdown_table(head: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for g in groups:
-        lines.append("| " + " | ".join([*(str(v) for v in g.key), str(len(g.values)),
-                                         f"{g.mean:.2f} ± {g.std:.2f}"]) + " |")
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def format_markdown(groups: list[Group], keys: list[str]) -> str:
+    return _markdown_table([*keys, "runs", f"{METRIC} (mean ± std)"],
+                           [[*g.key, len(g.values), f"{g.mean:.2f} ± {g.std:.2f}"] for g in groups])
 
 
 def _cell(values: list[float]) -> str:
@@ -109,12 +111,10 @@ def format_by_split(groups: list[Group], keys: list[str]) -> str:
     rows: dict[tuple, dict[Any, Group]] = {}
     for g in groups:
         rows.setdefault(tuple(v for i, v in enumerate(g.key) if i != si), {})[g.key[si]] = g
-    head = [*row_keys, *(f"{s} labels" for s in splits)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row, by_split in sorted(rows.items(), key=lambda kv: tuple(_sortable(v) for v in kv[0])):
-        cells = [_cell(by_split[s].values) if s in by_split else "" for s in splits]
-        lines.append("| " + " | ".join([*(str(v) for v in row), *cells]) + " |")
-    return "\n".join(lines) + "\n"
+    ordered = sorted(rows.items(), key=lambda kv: tuple(_sortable(v) for v in kv[0]))
+    return _markdown_table([*row_keys, *(f"{s} labels" for s in splits)],
+                           [[*row, *(_cell(by_split[s].values) if s in by_split else "" for s in splits)]
+                            for row, by_split in ordered])
 
 
 def format_per_class(groups: list[Group], keys: list[str]) -> str:
@@ -122,12 +122,8 @@ def format_per_class(groups: list[Group], keys: list[str]) -> str:
     classes = list(dict.fromkeys(c for g in groups for c in g.per_class))
     if not classes:
         return ""
-    head = [*keys, *classes]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for g in groups:
-        lines.append("| " + " | ".join([*(str(v) for v in g.key), *(_cell(g.per_class.get(c, [])) for c in classes)])
-                     + " |")
-    return "\n".join(lines) + "\n"
+    return _markdown_table([*keys, *classes],
+                           [[*g.key, *(_cell(g.per_class.get(c, [])) for c in classes)] for g in groups])
 
 
 def format_csv(groups: list[Group], keys: list[str]) -> str:

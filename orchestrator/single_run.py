@@ -27,8 +27,7 @@ def _epoch_logger(uri: str, run_id: str, quiet: bool):
     def log(metrics: dict[str, Any]) -> None:
         epoch = int(metrics.get("epoch", 0))
         if epoch > logged[0]:
-            tracking.log_eval_pictures(uri, run_id, metrics, epoch)
-            tracking.log_metrics(uri, run_id, tracking.measurements(metrics), epoch)
+            tracking.log_epoch(uri, run_id, metrics, metrics, epoch)   # the pictures ride in the same dict
             logged[0] = epoch
         if metrics.get("broken_sample_list"):
             tracking.client(uri).log_text(run_id, "\n".join(metrics["broken_sample_list"]) + "\n",

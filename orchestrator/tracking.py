@@ -133,6 +133,13 @@ def log_eval_pictures(uri: str, run_id: str, report: dict[str, Any], epoch: int)
         client(uri).log_artifacts(run_id, folder, "eval")
 
 
+def log_epoch(uri: str, run_id: str, metrics: dict[str, Any], pictures: dict[str, Any], epoch: int) -> None:
+    """One epoch into a run: pictures first, then the metrics. A resume reads the last epoch logged from
+    val_miou, so an epoch whose metrics are in MLflow also has its pictures."""
+    log_eval_pictures(uri, run_id, pictures, epoch)
+    log_metrics(uri, run_id, measurements(metrics), epoch)
+
+
 def take_eval_pictures(result: dict[str, Any]) -> dict[str, Any]:
     """Remove the pictures' payload from a Tune result (Tune lets callbacks edit it in place): the loggers
     and the progress reporter that run after our callback then neither store nor print ~100 kB per epoch."""
@@ -184,9 +191,7 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
             run_id = self._run_for(trial)
             pictures = take_eval_pictures(result)
             if step > self.last_step.get(trial.trial_id, 0):  # after a resume, epochs logged before the
-                # crash are not logged twice; pictures go first, as a resume reads last_step from val_miou
-                log_eval_pictures(uri, run_id, pictures, step)
-                log_metrics(uri, run_id, measurements(result), step)
+                log_epoch(uri, run_id, result, pictures, step)    # crash are not logged twice
                 self.last_step[trial.trial_id] = step
             if result.get("broken_sample_list"):  # skipped unreadable files, listed with the run
                 client(uri).log_text(run_id, "\n".join(result["broken_sample_list"]) + "\n", "broken_samples.txt")

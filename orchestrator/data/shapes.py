@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.config import ID_CLASS_PRIORS
 from orchestrator.data import render
 from orchestrator.data.voc import DatasetError, mask_to_image, write_split_file
 from orchestrator.vocab import ClassConcepts, Vocabulary
@@ -53,7 +54,6 @@ LOOKALIKE = {"ellipse": "disk", "rectangle": "square", "trapezoid": "triangle", 
 _NUM_TARGET = TARGET_VOCAB.num_classes - 1
 _ID_PRIOR = (0.35, 0.25, 0.18, 0.13, 0.09)  # ID objects: disks common, rings rare ...
 _OOD_PRIOR = _ID_PRIOR[::-1]                # ... OOD objects: the other way round
-ID_PRIORS = ("skewed", "uniform")           # `uniform`: every target class equally common in the ID domain
 _DOMAINS = {"train": 0, "val": 1, "ood": 2, "source": 3}
 _MAX_COUNT = 100_000  # ids are 5 digits
 
@@ -90,7 +90,7 @@ class ShapesSpec:
             need(isinstance(getattr(self, f), (int, float)) and 0.0 <= getattr(self, f) <= 1.0, f, "a number in [0, 1]")
             object.__setattr__(self, f, float(getattr(self, f)))
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an int >= 0")
-        need(self.id_class_prior in ID_PRIORS, "id_class_prior", " or ".join(ID_PRIORS))
+        need(self.id_class_prior in ID_CLASS_PRIORS, "id_class_prior", " or ".join(ID_CLASS_PRIORS))
 
     @classmethod
     def smoke(cls, **overrides) -> "ShapesSpec":
