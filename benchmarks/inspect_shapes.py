@@ -11,7 +11,7 @@ image of the ID train pool labeled (the ceiling that unlabeled data could at mos
 
 The benchmark is right when the distractor share is high, OOD mIoU is clearly below ID mIoU, and
 correct OOD labels raise ID val mIoU (room for SemiOVS to help). The learning rate defaults to the
-sweeps' `train.lr` (orchestrator/config.py).
+sweeps' `train.lr` (orchestrator/core/config.py).
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator.config import build_config
-from orchestrator.data.voc import SegDataset, list_ood_corpus, load_image, load_mask
-from orchestrator.data_plan import dataset_root
-from orchestrator.paths import default_cache_root, resolve_root
+from orchestrator.core.config import build_config
+from orchestrator.core.images import load_image, load_mask
+from orchestrator.data.voc import SegDataset, list_ood_corpus
+from orchestrator.data.plan import dataset_root
+from orchestrator.core.paths import default_cache_root, resolve_root
 from trainables.augment import to_tensor_normalized, weak_pair
 from trainables.metrics import ConfusionMatrix
 from trainables.models import build_student
@@ -41,18 +42,23 @@ def load_pairs(pairs) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([load_image(i) for i, _ in pairs]), np.stack([load_mask(m) for _, m in pairs])
 
 
-def train(images, masks, extra_images, extra_masks, steps: int, seed: int, lr: float, batch: int = 8):
-    """Supervised training; with `extra_*`, each step adds `batch` extra (OOD) images with their labels."""
+Pairs = tuple[np.ndarray, np.ndarray]  # (images [N,H,W,3], masks [N,H,W])
+
+
+def train(labeled: Pairs, extra: Pairs | None, steps: int, seed: int, lr: float, batch: int = 8):
+    """Supervised training; with `extra`, each step adds `batch` extra (OOD) images with their labels."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_student("unet_small", NUM_TARGET)
     opt = build_optimizer(model, lr, 1.0)
+    images, masks = labeled
     crop = images.shape[1]
     for step in range(steps):
         apply_poly_lr(opt, lr, step, steps)
         pick = rng.integers(len(images), size=batch)
         xs, ys = zip(*(weak_pair(images[i], masks[i], crop, 255, rng) for i in pick))
-        if extra_images is not None:
+        if extra is not None:
+            extra_images, extra_masks = extra
             pick = rng.integers(len(extra_images), size=batch)
             more = [weak_pair(extra_images[i], extra_masks[i], crop, 255, rng) for i in pick]
             xs, ys = xs + tuple(x for x, _ in more), ys + tuple(y for _, y in more)
@@ -100,10 +106,10 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         started = time.time()
-        base = train(lab_x, lab_y, None, None, args.steps, seed, args.lr)
+        base = train((lab_x, lab_y), None, args.steps, seed, args.lr)
         ood_pred = predict(base, ood_x)
-        with_gt = train(lab_x, lab_y, ood_x, ood_y, args.steps, seed, args.lr)
-        ceiling = train(pool_x, pool_y, None, None, args.steps, seed, args.lr)
+        with_gt = train((lab_x, lab_y), (ood_x, ood_y), args.steps, seed, args.lr)
+        ceiling = train((pool_x, pool_y), None, args.steps, seed, args.lr)
         rows.append({
             "seed": seed,
             "id_val_miou": miou(predict(base, val_x), val_y),

@@ -55,7 +55,7 @@ def make_corpus(root: Path, n: int, size: int = 64, seed: int = 0) -> list[tuple
 
 def make_teacher(root: Path) -> str:
     from orchestrator.teachers import fit_textseg, save_checkpoint
-    from orchestrator.vocab import Vocabulary
+    from orchestrator.core.vocab import Vocabulary
 
     path = root / "textseg.pt"
     if not path.is_file():
@@ -67,8 +67,8 @@ def make_teacher(root: Path) -> str:
 
 
 def make_job(root: Path, items, ckpt: str, args):
-    from orchestrator.label_cache import LabelStore
-    from orchestrator.labeling import LabelingJob
+    from orchestrator.labels.store import LabelStore
+    from orchestrator.labels.pipeline import LabelingJob
 
     return LabelingJob(store=LabelStore.at(root / "cache", f"bench-{uuid.uuid4().hex[:8]}"), key_inputs={},
                        items=list(items), teacher_spec={"kind": "textseg", "pretrained": ckpt}, vocabulary=VOCAB,
@@ -80,7 +80,7 @@ def plain_loop(items, ckpt: str, args, out: Path) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from orchestrator.labeling import TeacherActor, decode_batch
+    from orchestrator.labels.pipeline import TeacherActor, decode_batch
 
     threads = max(1, int(args.actors * args.cpus_per_actor))
     actor = TeacherActor({"kind": "textseg", "pretrained": ckpt}, VOCAB, threads)
@@ -101,7 +101,7 @@ def plain_loop(items, ckpt: str, args, out: Path) -> float:
 
 
 def pipeline(root: Path, items, ckpt: str, args) -> dict:
-    from orchestrator.labeling import run_labeling
+    from orchestrator.labels.pipeline import run_labeling
 
     job = make_job(root, items, ckpt, args)
     start = time.perf_counter()
@@ -119,7 +119,7 @@ def emit(**fields) -> None:
 def efficiency(root: Path, args) -> None:
     import ray
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime import init_ray
 
     items = make_corpus(root, args.images)
     ckpt = make_teacher(root)
@@ -193,7 +193,7 @@ def peak_memory(root: Path, n: int, args) -> dict:
 def memory_child(root: Path, n: int, args) -> None:
     import resource
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime import init_ray
 
     items = make_corpus(root, n)
     ckpt = make_teacher(root)

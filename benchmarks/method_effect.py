@@ -1,6 +1,6 @@
 """Does the SemiOVS effect show on the embedded `shapes` benchmark? Methods × splits × seeds, plain PyTorch (no Ray).
 
-For each labeled split and seed it trains the CPU student with the project's own step (`trainables.recipe.train_step`
+For each labeled split and seed it trains the CPU student with the project's own step (`trainables.recipe.run_step`
 via `trainables.train_loop.train_one_epoch`, the same stream sampler, augmentation, poly-lr SGD and evaluation the
 sweeps use) under five methods:
 
@@ -19,8 +19,8 @@ supervised student's OOD mIoU (a teacher only helps when it labels OOD images be
 
 The teacher is the benchmark's cached textseg teacher (fitted once on the source corpus if missing, like a sweep
 does; the fit alone takes minutes). Its labels go through the label cache's PNG encoding and the trial-side
-threshold (`ood.teacher_thresh`) exactly as in a sweep. Config values come from `orchestrator.config` defaults,
-then RECOMMENDED below (`--config-defaults` skips it), then `--set key=value`. Measured here (generator v3,
+threshold (`ood.teacher_thresh`) exactly as in a sweep. Config values come from `orchestrator.core.config` defaults,
+then `--set key=value`. Measured here (generator v3,
 16 labels, one seed, five methods, --jobs 2, teacher already fitted): 183 s; with --set train.epochs=12 and
 three methods: 196 s.
 """
@@ -33,6 +33,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,6 @@ METHODS = {
     "semiovs-self": {"train.method": "semiovs", "ood.label_source": "self"},
     "semiovs-gt": {"train.method": "semiovs", "ood.label_source": "teacher"},  # teacher slot fed ground truth
 }
-# Overrides of the config.py defaults applied to every run unless --config-defaults. Empty: the defaults (6 epochs
-# x 40 steps, lr 0.1, tau 0.95) are what the sweeps use; 12 epochs changed no method's standing (README).
-RECOMMENDED: dict[str, Any] = {}
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -67,19 +65,30 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 def label_table(labels: np.ndarray, conf_u8: np.ndarray, ids: list[str]) -> dict[str, tuple[bytes, bytes]]:
     """The label cache's in-memory form (image_id → label PNG, confidence PNG), as trials read it."""
-    from orchestrator.label_cache import encode_png
+    from orchestrator.core.masks import encode_png
 
     return {i: (encode_png(lab), encode_png(c)) for i, lab, c in zip(ids, labels, conf_u8)}
 
 
-def run_teacher(cfg, cache_root: Path, root: Path, plan, images: np.ndarray, gt: np.ndarray, n: int,
-                distractor, log) -> tuple[dict[str, Any], dict[str, tuple[bytes, bytes]]]:
-    """Fit (or reuse) the benchmark's teacher, label every OOD image, and score it on the first n."""
+@dataclass(frozen=True)
+class OODCorpus:
+    """The OOD images and their target-vocabulary ground truth; the first `scored` score teacher and student."""
+
+    images: np.ndarray
+    gt: np.ndarray
+    scored: int
+    distractor: np.ndarray | None   # distractor pixels of the scored images (None without source masks)
+
+
+def run_teacher(cfg, cache_root: Path, root: Path, plan, ood: OODCorpus,
+                log) -> tuple[dict[str, Any], dict[str, tuple[bytes, bytes]]]:
+    """Fit (or reuse) the benchmark's teacher, label every OOD image, and score it on the first `ood.scored`."""
     import torch
 
-    from orchestrator.pseudo_labels import ensure_fitted_teacher, teacher_spec
+    from orchestrator.teachers.fit_task import ensure_fitted_teacher, teacher_spec
     from orchestrator.teachers import build_teacher, evaluate_teacher
 
+    images, gt, n = ood.images, ood.gt, ood.scored
     started = time.time()
     ckpt = ensure_fitted_teacher(cfg, cache_root, root, log)
     fit_seconds = time.time() - started
@@ -98,17 +107,17 @@ def run_teacher(cfg, cache_root: Path, root: Path, plan, images: np.ndarray, gt:
         "per_class_iou": dict(zip(plan.vocabulary.names, [round(v, 1) for v in scores["per_class_iou"]])),
         "label_agreement_with_gt": round(100.0 * float((labels == gt)[gt != 255].mean()), 2),
     }
-    if distractor is not None:
-        info["distractor_pixels_to_background"] = round(float((labels[:n][distractor] == 0).mean()), 3)
+    if ood.distractor is not None:
+        info["distractor_pixels_to_background"] = round(float((labels[:n][ood.distractor] == 0).mean()), 3)
     return info, label_table(labels, conf_u8, [i for i, _ in plan.ood])
 
 
 def prepare(base: dict[str, Any], cache_root: Path, score_images: int, log, need_teacher: bool = True) -> dict[str, Any]:
     """Data plan, teacher labels and ground-truth labels of the OOD corpus, and the teacher's quality on it.
     Without `need_teacher` (no method reads teacher labels) the teacher is neither fitted nor run."""
-    from orchestrator.config import build_config
-    from orchestrator.data.voc import load_image, load_mask
-    from orchestrator.data_plan import build_plan, dataset_root
+    from orchestrator.core.config import build_config
+    from orchestrator.core.images import load_image, load_mask
+    from orchestrator.data.plan import build_plan, dataset_root
 
     cfg = build_config({**base, "train.method": "semiovs"})
     root = dataset_root(cfg, cache_root)
@@ -124,7 +133,8 @@ def prepare(base: dict[str, Any], cache_root: Path, score_images: int, log, need
         distractor = (src >= plan.vocabulary.num_classes) & (src != 255)
     teacher_info, teacher_table = {"scored_images": n}, None
     if need_teacher:
-        teacher_info, teacher_table = run_teacher(cfg, cache_root, root, plan, images, gt, n, distractor, log)
+        ood = OODCorpus(images, gt, n, distractor)
+        teacher_info, teacher_table = run_teacher(cfg, cache_root, root, plan, ood, log)
     return {
         "root": str(root), "ids": ids,
         "teacher_table": teacher_table,
@@ -138,13 +148,13 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One training run, mirroring trainables.train_loop.run_training in local mode (no Ray, no checkpoints)."""
     import torch
 
-    from orchestrator.config import build_config
-    from orchestrator.data_plan import build_plan
+    from orchestrator.core.config import build_config
+    from orchestrator.data.plan import build_plan
     from trainables.distributed import WorkerContext
     from trainables.models import build_student
     from trainables.optim import build_optimizer
-    from trainables.streams import BrokenSamples, OODLabels, StreamSampler
-    from trainables.train_loop import evaluate, ood_counts, train_one_epoch, unlabeled_sizes
+    from trainables.streams import BrokenSamples, OODLabels, StreamFiles, StreamSampler
+    from trainables.train_loop import EpochRunner, evaluate, ood_counts, train_one_epoch, unlabeled_sizes
 
     torch.set_num_threads(job["threads"])
     cfg = build_config(job["config"])
@@ -160,16 +170,17 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     table = job.get("table")
     ood_labels = OODLabels(table, cfg.ood.teacher_thresh) if table is not None and cfg.uses_ood else None
-    sampler = StreamSampler(labeled=plan.labeled, unlabeled=plan.unlabeled, ood=plan.ood if cfg.uses_ood else [],
-                            ood_labels=ood_labels, crop=cfg.data.crop_size, seed=seed, broken=BrokenSamples(),
+    files = StreamFiles(plan.labeled, plan.unlabeled, plan.ood if cfg.uses_ood else ())
+    sampler = StreamSampler(files, ood_labels=ood_labels, crop=cfg.data.crop_size, seed=seed, broken=BrokenSamples(),
                             max_broken_share=cfg.data.max_broken_share)
     n_id, _ = unlabeled_sizes(cfg)
     iters = cfg.train.iters_per_epoch or max(1, len(sampler.unlabeled) // max(1, n_id or cfg.train.batch_size))
     total = iters * cfg.train.epochs
-    counts = ood_counts(cfg, total, cfg.seed)
+    runner = EpochRunner(model, optimizer, scaler, sampler, cfg, ctx, ood_counts(cfg, total, cfg.seed), iters, total,
+                         amp=False)
     started, curve, logs = time.time(), [], {}
     for epoch in range(cfg.train.epochs):
-        logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, counts, epoch * iters, iters, total, False)
+        logs = train_one_epoch(runner, epoch * iters)
         curve.append(round(evaluate(model, plan.val, len(names), ctx)[1], 2))
     out = {"method": job["method"], "split": cfg.data.split, "seed": cfg.seed, "val_miou": curve[-1],
            "best_val_miou": max(curve), "curve": curve, "mask_ratio": round(logs.get("mask_ratio", 0.0), 3),
@@ -216,36 +227,23 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], splits: list[str])
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--splits", nargs="+", default=["16"], help="labeled splits (8 16 32 ...)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (e.g. train.lr=0.05)")
-    parser.add_argument("--config-defaults", action="store_true",
-                        help="use orchestrator/config.py's training budget instead of RECOMMENDED")
     parser.add_argument("--cache", help="cache folder (default: the project's, .semiovs/cache or $SEMIOVS_HOME)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: shared machine)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--score-images", type=int, default=1000, help="OOD images used to score teacher/student")
     parser.add_argument("--json", help="also write all rows and the teacher info to this file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    import torch
 
-    from orchestrator.paths import default_cache_root, resolve_root
-
-    torch.set_num_threads(max(1, args.threads * args.jobs))
-    cache_root = resolve_root(args.cache, default_cache_root())
-    base = {} if args.config_defaults else dict(RECOMMENDED)
-    base.update(parse_set(args.set))
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    print(f"# load average at start: {os.getloadavg()}; overrides: {base}", flush=True)
-    started = time.time()
-    prep = prepare(base, cache_root, args.score_images, log, need_teacher="semiovs-teacher" in args.methods)
-    print(json.dumps({"teacher": prep["teacher"]}), flush=True)
-
+def make_jobs(args: argparse.Namespace, base: dict[str, Any], prep: dict[str, Any], cache_root: Path) -> list[dict]:
+    """One `run_one` job per split × seed × method, in that nesting order."""
     jobs = []
     for split in args.splits:
         for seed in args.seeds:
@@ -255,29 +253,56 @@ def main(argv: list[str] | None = None) -> None:
                 jobs.append({"method": method, "config": config, "cache_root": str(cache_root), "table": table,
                              "threads": args.threads,
                              "score": prep["score"] if method == "supervised" else None})
+    return jobs
+
+
+def run_jobs(jobs: list[dict], parallel: int) -> list[dict[str, Any]]:
+    """Run the jobs (in `parallel` spawned processes when > 1), printing each row as it arrives."""
     rows = []
-    if args.jobs <= 1:
+    if parallel <= 1:
         for job in jobs:
             rows.append(run_one(job))
             print(json.dumps(rows[-1]), flush=True)
-    else:
-        import multiprocessing as mp
+        return rows
+    import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            for row in pool.map(run_one, jobs):
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
+        for row in pool.map(run_one, jobs):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
 
-    t = prep["teacher"]
+
+def print_summary(rows: list[dict[str, Any]], args: argparse.Namespace, teacher: dict[str, Any]) -> None:
     sup = [r["student_ood_miou"] for r in rows if "student_ood_miou" in r]
     print(summarize(rows, args.methods, [str(s) for s in args.splits]))
     print(f"\nID val mIoU (%), mean ± std over seeds {args.seeds}, after the last epoch.")
-    print(f"teacher OOD mIoU {t.get('ood_miou', math.nan):.1f} (distractor px → background "
-          f"{t.get('distractor_pixels_to_background', math.nan):.0%}); supervised student OOD mIoU "
-          f"{np.mean(sup) if sup else math.nan:.1f} (on the same {t['scored_images']} OOD images)")
+    print(f"teacher OOD mIoU {teacher.get('ood_miou', math.nan):.1f} (distractor px → background "
+          f"{teacher.get('distractor_pixels_to_background', math.nan):.0%}); supervised student OOD mIoU "
+          f"{np.mean(sup) if sup else math.nan:.1f} (on the same {teacher['scored_images']} OOD images)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    import torch
+
+    from orchestrator.core.console import Console
+    from orchestrator.core.paths import default_cache_root, resolve_root
+
+    torch.set_num_threads(max(1, args.threads * args.jobs))
+    cache_root = resolve_root(args.cache, default_cache_root())
+    base = parse_set(args.set)
+    log = Console(stream=sys.stderr).say
+    print(f"# load average at start: {os.getloadavg()}; overrides: {base}", flush=True)
+    started = time.time()
+    prep = prepare(base, cache_root, args.score_images, log, need_teacher="semiovs-teacher" in args.methods)
+    print(json.dumps({"teacher": prep["teacher"]}), flush=True)
+    rows = run_jobs(make_jobs(args, base, prep, cache_root), args.jobs)
+    print_summary(rows, args, prep["teacher"])
     print(f"# wall time {time.time() - started:.0f} s; load average at end: {os.getloadavg()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"teacher": t, "rows": rows, "overrides": base}, indent=2))
+        Path(args.json).write_text(json.dumps({"teacher": prep["teacher"], "rows": rows, "overrides": base}, indent=2))
 
 
 if __name__ == "__main__":

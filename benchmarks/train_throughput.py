@@ -22,60 +22,72 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from orchestrator.config import build_config, flatten
-from orchestrator.data_plan import build_plan
-from orchestrator.paths import default_cache_root, resolve_root
+from orchestrator.core.config import build_config
+from orchestrator.core.paths import default_cache_root, resolve_root
 from trainables.distributed import WorkerContext
 from trainables.models import build_student
 from trainables.optim import build_optimizer
-from trainables.semiovs import build_trainer, resolve_label_store, worker_data
+from orchestrator.trial import build_trainer, make_trial_input
 from trainables.streams import BrokenSamples
-from trainables.train_loop import make_sampler, ood_counts, train_one_epoch
+from trainables.inputs import TrialInput
+from trainables.train_loop import EpochRunner, make_sampler, ood_counts, train_one_epoch
 
 
-def plain_steps_per_s(cfg, data, rank: int = 0, world: int = 1) -> float:
+def plain_steps_per_s(trial: TrialInput, rank: int = 0, world: int = 1) -> float:
     """The loop with no Ray at all (DDP through torch.distributed when world > 1)."""
     torch.set_num_threads(1)
     torch.manual_seed(rank)
     ctx = WorkerContext("local", rank, world, torch.device("cpu"))
-    model = build_student(cfg.model.arch, len(data["class_names"]), width=cfg.model.width)
+    cfg = trial.config
+    model = build_student(cfg.model.arch, len(trial.class_names), width=cfg.model.width)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = build_optimizer(model, cfg.train.lr, cfg.train.lr_multi)
-    sampler = make_sampler(cfg, data, ctx, rank, BrokenSamples())
+    sampler = make_sampler(trial, ctx, rank, BrokenSamples())
     iters = cfg.train.iters_per_epoch
     counts = ood_counts(cfg, iters, cfg.seed)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    train_one_epoch(model, opt, scaler, sampler, cfg, ctx, counts, 0, 3, iters, False)  # warm-up
+    train_one_epoch(EpochRunner(model, opt, scaler, sampler, cfg, ctx, counts, 3, iters, False), 0)  # warm-up
     start = time.time()
-    train_one_epoch(model, opt, scaler, sampler, cfg, ctx, counts, 0, iters, iters, False)
+    train_one_epoch(EpochRunner(model, opt, scaler, sampler, cfg, ctx, counts, iters, iters, False), 0)
     return iters / (time.time() - start)
 
 
-def _ddp_worker(rank: int, cfg, data, port: int, out) -> None:
+def _ddp_worker(rank: int, trial: TrialInput, port: int, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    rate = plain_steps_per_s(cfg, data, rank, 2)
+    rate = plain_steps_per_s(trial, rank, 2)
     out[rank] = rate
     dist.destroy_process_group()
 
 
-def plain_ddp_steps_per_s(cfg, data) -> float:
+def plain_ddp_steps_per_s(trial: TrialInput) -> float:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(cfg, data, port, out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(trial, port, out), nprocs=2, join=True)
     return min(out.values())          # the slower rank sets the pace of synchronous DDP
 
 
-def ray_steps_per_s(cfg, data, storage: Path, name: str) -> tuple[float, float]:
-    mode = "local" if cfg.train.num_workers == 0 else "train"
-    trainer = build_trainer(cfg, flatten(cfg), data, mode=mode, name=name, storage=str(storage), callbacks=[])
-    metrics = trainer.fit().metrics
+def ray_steps_per_s(trial: TrialInput, storage: Path, name: str) -> tuple[float, float]:
+    cfg = trial.config
+    metrics = build_trainer(trial, name=name, storage=str(storage), callbacks=[]).fit().metrics
     return cfg.train.iters_per_epoch / metrics["train_seconds"], metrics.get("startup_seconds", float("nan"))
+
+
+def label_store(cfg, cache: Path) -> str | None:
+    """The cached teacher labels the run reads (made by `python run.py label`), or None without them."""
+    if not cfg.uses_teacher_labels:
+        return None
+    from orchestrator.labels.job import label_job
+
+    store = label_job(cfg, cache).store
+    if not store.is_complete():
+        raise SystemExit(f"no OOD labels in {store.root}: run `python run.py label` first")
+    return str(store.root)
 
 
 def main() -> None:
@@ -91,7 +103,7 @@ def main() -> None:
 
     import ray
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime import init_ray
 
     t0 = time.time()
     init_ray(quiet=True)
@@ -99,9 +111,9 @@ def main() -> None:
     storage = Path(tempfile.mkdtemp(prefix="bench-train-"))
     for workers in (0, 2):
         cfg = build_config({**base, "train.num_workers": workers})
-        data = worker_data(cfg, build_plan(cfg, cache), resolve_label_store(cfg, cache))
-        plain = plain_steps_per_s(cfg, data) if workers == 0 else plain_ddp_steps_per_s(cfg, data)
-        rate, startup = ray_steps_per_s(cfg, data, storage, f"bench-{workers}")
+        trial = make_trial_input(cfg, cache, label_store(cfg, cache), None, "local" if workers == 0 else "train")
+        plain = plain_steps_per_s(trial) if workers == 0 else plain_ddp_steps_per_s(trial)
+        rate, startup = ray_steps_per_s(trial, storage, f"bench-{workers}")
         label = "local mode vs plain loop" if workers == 0 else "2-worker DDP vs plain torch DDP"
         print(json.dumps({"figure": label, "method": args.method, "iters": args.iters,
                           "ray_steps_per_s": round(rate, 2), "plain_steps_per_s": round(plain, 2),

@@ -28,7 +28,7 @@ def ray_session():
     """A local Ray cluster with 2 CPUs and the dashboard on (Train's placement-group cleaner needs it)."""
     import ray
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(num_cpus=2, quiet=True)

@@ -44,7 +44,7 @@ def test_broken_unlabeled_images_are_skipped_counted_and_listed(ray_session, tmp
 
 
 def test_a_mostly_broken_corpus_stops_with_a_clear_message(ray_session, tmp_path, sqlite_uri):
-    from orchestrator.errors import UserError
+    from orchestrator.core.errors import UserError
 
     root, _ = make_dataset(tmp_path, broken=20)
     with pytest.raises(UserError, match=r"training images are unreadable .* Fix: run `python run.py data check"):

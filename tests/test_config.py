@@ -1,8 +1,8 @@
 """Config: defaults, overrides, and the error text a user sees for bad keys and values."""
 import pytest
 
-from orchestrator.config import CONFIG_KEYS, build_config, coerce_value, flatten
-from orchestrator.errors import ConfigError, UserError
+from orchestrator.core.config import CONFIG_KEYS, build_config, coerce_value, flatten
+from orchestrator.core.errors import ConfigError, UserError
 
 
 def test_defaults_round_trip_through_flat_form():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import build_config, flatten
+from orchestrator.core.config import build_config, flatten
 from tests.conftest import TINY
 from trainables.train_loop import check_resumable
 
@@ -12,14 +12,12 @@ pytestmark = pytest.mark.e2e
 
 
 def fit(cfg_overrides, cache, storage):
-    from orchestrator.data_plan import build_plan
-    from trainables.semiovs import build_trainer, worker_data
+    from orchestrator.trial import build_trainer, make_trial_input
 
     cfg = build_config({**TINY, "train.method": "unimatch", "train.num_workers": 2,
                         "resources.cpus_per_worker": 1.0, **cfg_overrides})
-    data = worker_data(cfg, build_plan(cfg, cache), None)
-    trainer = build_trainer(cfg, flatten(cfg), data, mode="train", name="ddp-run", storage=str(storage),
-                            callbacks=[])
+    trial = make_trial_input(cfg, cache, None, storage / "files", mode="train")
+    trainer = build_trainer(trial, name="ddp-run", storage=str(storage), callbacks=[])
     return trainer.fit()
 
 

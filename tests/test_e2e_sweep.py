@@ -25,7 +25,7 @@ def runs_by_role(uri: str, experiment: str):
 
 def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_server):
     """The shipped smoke sweep against a real `mlflow server`, then its UI in a headless browser."""
-    from orchestrator.sweep import SweepRequest, run_sweep
+    from orchestrator.sweep.driver import SweepRequest, run_sweep
 
     out = run_sweep(SweepRequest(space=str(SPACES / "smoke.yaml"), tracking_uri=mlflow_server,
                                  storage=str(tmp_path / "runs"), cache=str(shared_cache),
@@ -75,8 +75,8 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
     check_ui_shows_runs(mlflow_server, out.experiment_id, parent.info.run_name, trials)
 
     # A second sweep with the same teacher and corpus reuses the labels (the teacher does not run again).
-    from orchestrator.pseudo_labels import ensure_labels
-    from orchestrator.config import build_config
+    from orchestrator.labels.job import ensure_labels
+    from orchestrator.core.config import build_config
 
     again = ensure_labels(build_config({**TINY, "train.method": "semiovs"}), shared_cache, lambda *a: None)
     assert again.reused and again.labeled == TINY["data.num_ood"]
@@ -89,7 +89,7 @@ def check_ui_shows_runs(url: str, experiment_id: str, parent_name: str, trials) 
 
     from tests.browser import page_text, screenshot
 
-    from orchestrator.tracking import ui_link
+    from orchestrator.tracking.client import ui_link
 
     shots = Path(__file__).parent.parent / "artifacts" / "ui"
     experiment_page = ui_link(url, experiment_id)
@@ -111,7 +111,7 @@ def check_ui_shows_runs(url: str, experiment_id: str, parent_name: str, trials) 
 
 def test_asha_sweep_of_train_in_tune_completes_on_two_cpus(ray_session, shared_cache, tmp_path, sqlite_uri):
     """ASHA stops trials that run a TorchTrainer; their workers must be released (ray #54305)."""
-    from orchestrator.sweep import SweepRequest, run_sweep
+    from orchestrator.sweep.driver import SweepRequest, run_sweep
 
     space = tmp_path / "asha.yaml"
     space.write_text("""
@@ -152,8 +152,8 @@ def test_single_local_mode_run_logs_every_epoch(ray_session, shared_cache, tmp_p
 
 
 def test_teacher_eval_scores_the_teacher_against_ood_ground_truth(shared_cache):
-    from orchestrator.config import build_config
-    from orchestrator.teacher_eval import evaluate_on_ood
+    from orchestrator.core.config import build_config
+    from orchestrator.teachers.eval_task import evaluate_on_ood
 
     out = evaluate_on_ood(build_config(TINY), shared_cache, num_images=20)
     assert out["images"] == 20 and 0 <= out["miou"] <= 100

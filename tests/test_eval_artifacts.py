@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator import eval_artifacts as ea
-from orchestrator.config import build_config
-from orchestrator.data.voc import voc_palette
-from orchestrator.errors import ConfigError
+from trainables import pictures as ea
+from orchestrator.core.config import build_config
+from orchestrator.core.masks import voc_palette
+from orchestrator.core.errors import ConfigError
 
 SHAPES = ["background", "disk", "square", "triangle", "cross", "ring"]
 VOC = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -81,15 +81,15 @@ def test_overlay_tiles_of_large_images_are_at_most_160_pixels():
         ea.overlay_grid_png([image], [mask], [])
 
 
-def test_epoch_files_are_named_by_epoch_and_keep_the_overlay_bytes():
-    png = ea.overlay_grid_png([np.zeros((8, 8, 3), np.uint8)], [np.zeros((8, 8), np.uint8)],
-                              [np.ones((8, 8), np.uint8)])
-    report = {ea.MATRIX_KEY: [[5, 1], [0, 3]], ea.CLASSES_KEY: ["bg", "fg"], ea.OVERLAY_KEY: ea.encode_png(png)}
-    files = ea.epoch_files(report, 3)
-    assert sorted(files) == ["confusion_matrix_epoch_003.png", "overlays_epoch_003.png"]
-    assert files["overlays_epoch_003.png"] == png
-    assert decode(files["confusion_matrix_epoch_003.png"]).format == "PNG"
-    assert ea.epoch_files({"val_miou": 3.0}, 1) == {}
+def test_epoch_pictures_are_files_named_by_epoch(tmp_path):
+    samples = [(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8))]
+    written = ea.write_epoch_pictures(tmp_path, 3, [[5, 1], [0, 3]], ["bg", "fg"], samples)
+    assert sorted(p.name for p in written) == ["confusion_matrix_epoch_003.png", "overlays_epoch_003.png"]
+    assert decode((tmp_path / "overlays_epoch_003.png").read_bytes()).size[0] == 3 * 8 + 2 * ea.GAP
+    assert decode((tmp_path / "confusion_matrix_epoch_003.png").read_bytes()).format == "PNG"
+    assert [p.name for p in ea.write_epoch_pictures(tmp_path / "off", 1, [[1]], ["bg"], [])] == \
+        ["confusion_matrix_epoch_001.png"]                        # overlays off
+    assert not list(tmp_path.glob(".*"))                          # no temporary left behind
 
 
 def test_overlay_images_key_default_and_range():
@@ -119,10 +119,10 @@ def write_val(folder, n: int) -> list[tuple[str, str]]:
 def test_evaluate_keeps_the_first_images_with_their_predictions(tmp_path, torch_one_thread):
     import torch
 
-    from orchestrator.data.voc import load_image, load_mask
+    from orchestrator.core.images import load_image, load_mask
     from trainables.distributed import WorkerContext
     from trainables.models import build_student
-    from trainables.train_loop import eval_pictures, evaluate
+    from trainables.train_loop import evaluate
 
     val = write_val(tmp_path, 3)
     torch.manual_seed(0)
@@ -137,45 +137,32 @@ def test_evaluate_keeps_the_first_images_with_their_predictions(tmp_path, torch_
     assert np.asarray(ev.confusion).sum() == valid and np.asarray(ev.confusion).shape == (6, 6)
     assert evaluate(model, val, 6, ctx).samples == []            # keep=0: overlays off
 
-    report = eval_pictures(ev, SHAPES)
-    assert report[ea.MATRIX_KEY] == ev.confusion and report[ea.CLASSES_KEY] == SHAPES
-    grid = decode(ea.epoch_files(report, 1)["overlays_epoch_001.png"])
+    grid = decode(ea.overlay_grid_png(*zip(*ev.samples)))
     assert grid.size[0] == 3 * 56 + 2 * ea.GAP
-    assert ea.OVERLAY_KEY not in eval_pictures(evaluate(model, val, 6, ctx), SHAPES)
 
 
 # ---- the driver side: pictures into a real MLflow store --------------------------------------------
 
-def report_for(epoch: int) -> dict:
-    png = ea.overlay_grid_png([np.zeros((8, 8, 3), np.uint8)], [np.zeros((8, 8), np.uint8)],
-                              [np.ones((8, 8), np.uint8)])
-    return {"epoch": epoch, "val_miou": 10.0 * epoch, ea.MATRIX_KEY: [[5, 1], [0, 3]],
-            ea.CLASSES_KEY: ["bg", "fg"], ea.OVERLAY_KEY: ea.encode_png(png)}
+def report_for(epoch: int, files_dir: Path, overlays: bool = True) -> dict:
+    """What a rank-0 worker leaves for one epoch: the pictures as files, the numbers as the report."""
+    samples = [(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8))]
+    ea.write_epoch_pictures(files_dir, epoch, [[5, 1], [0, 3]], ["bg", "fg"], samples if overlays else [])
+    return {"epoch": epoch, "val_miou": 10.0 * epoch}
 
 
 def eval_files(client, run_id: str) -> list[str]:
     return sorted(a.path for a in client.list_artifacts(run_id, "eval"))
 
 
-def test_tune_results_lose_the_payload_and_keep_the_metrics():
-    from orchestrator import tracking
-
-    result = report_for(2)
-    pictures = tracking.take_eval_pictures(result)
-    assert set(pictures) == set(ea.PAYLOAD_KEYS) and not set(ea.PAYLOAD_KEYS) & set(result)
-    assert tracking.measurements(report_for(2)) == {"val_miou": 20.0}   # the payload is never a metric
-
-
-def test_single_run_logger_logs_pictures_once_per_epoch(sqlite_uri):
-    from orchestrator import tracking
-    from orchestrator.single_run import _epoch_logger
+def test_single_run_logger_logs_pictures_once_per_epoch(sqlite_uri, tmp_path):
+    from orchestrator.tracking import client as tracking
 
     exp = tracking.ensure_experiment(sqlite_uri, "pictures")
-    run_id = tracking.client(sqlite_uri).create_run(exp).info.run_id
-    log = _epoch_logger(sqlite_uri, run_id, quiet=True)
-    log(report_for(1))
-    log(report_for(1))        # a restarted worker group reports its checkpoint's epoch again
-    log({**report_for(2), ea.OVERLAY_KEY: ""})  # overlays off
+    run_id = tracking.create_run(sqlite_uri, exp, "run", {})
+    logger = tracking.EpochLogger(sqlite_uri, run_id, tmp_path)
+    assert logger.log(report_for(1, tmp_path))
+    assert not logger.log(report_for(1, tmp_path))   # a restarted worker group reports its checkpoint's epoch again
+    assert logger.log(report_for(2, tmp_path, overlays=False))
     client = tracking.client(sqlite_uri)
     assert eval_files(client, run_id) == ["eval/confusion_matrix_epoch_001.png", "eval/confusion_matrix_epoch_002.png",
                                           "eval/overlays_epoch_001.png"]
@@ -184,23 +171,24 @@ def test_single_run_logger_logs_pictures_once_per_epoch(sqlite_uri):
     assert decode(open(local, "rb").read()).size[0] == 3 * 8 + 2 * ea.GAP
 
 
-def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_uri):
+def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_uri, tmp_path):
     """Tune's side of the same rule; a stand-in for Tune's Trial carries only what the callback reads."""
     from types import SimpleNamespace
 
-    from orchestrator import tracking
+    from orchestrator.core.paths import run_files_dir, train_run_name
+    from orchestrator.tracking import client as tracking
+    from orchestrator.tracking.callback import make_trial_callback
 
     exp = tracking.ensure_experiment(sqlite_uri, "sweep_pictures")
     parent = tracking.start_parent_run(sqlite_uri, exp, "sweep_pictures", {}, resume=False)
     trial = SimpleNamespace(trial_id="t0001", config={"ood.ratio": 0.5})
+    files = run_files_dir(tmp_path, train_run_name("t0001"))
     printed = []
-    callback = tracking.make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {},
-                                            progress=lambda tid, cfg, result: printed.append(dict(result)))
+    callback = make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {}, tmp_path,
+                                   progress=lambda tid, cfg, result: printed.append(dict(result)))
     for epoch in (1, 2):
-        result = report_for(epoch)
-        callback.on_trial_result(0, [], trial, result)
-        assert not set(ea.PAYLOAD_KEYS) & set(result)    # what Tune's loggers and reporter see next
-    assert all(not set(ea.PAYLOAD_KEYS) & set(r) for r in printed)
+        callback.on_trial_result(0, [], trial, report_for(epoch, files))
+    assert [r["epoch"] for r in printed] == [1, 2]
 
     client = tracking.client(sqlite_uri)
     run_id = tracking.find_runs(sqlite_uri, exp, role="trial", trial_id="t0001")[0].info.run_id
@@ -209,24 +197,11 @@ def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_ur
         return Path(client.download_artifacts(run_id, "eval/confusion_matrix_epoch_002.png")).read_bytes()
 
     before = matrix_2()
-
-    restarted = tracking.make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {})
-    restarted.on_trial_result(0, [], trial, {**report_for(2), ea.CLASSES_KEY: ["changed", "names"]})
-    restarted.on_trial_result(0, [], trial, report_for(3))
-    assert matrix_2() == before                           # epoch 2 was in MLflow already: not drawn again
+    ea.write_epoch_pictures(files, 2, [[1, 1], [1, 1]], ["changed", "names"], [])   # a re-run epoch 2 redraws
+    restarted = make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {}, tmp_path)
+    restarted.on_trial_result(0, [], trial, {"epoch": 2, "val_miou": 20.0})
+    restarted.on_trial_result(0, [], trial, report_for(3, files))
+    assert matrix_2() == before                           # epoch 2 was in MLflow already: not logged again
     assert eval_files(client, run_id) == [f"eval/{kind}_epoch_00{e}.png" for kind in ("confusion_matrix", "overlays")
                                           for e in (1, 2, 3)]
     assert [m.step for m in client.get_metric_history(run_id, "val_miou")] == [1, 2, 3]
-
-
-def test_overlay_images_is_no_reason_to_refuse_a_resume():
-    """Checkpoints made before the key existed (or with another value) still continue their run."""
-    from orchestrator.config import flatten
-    from trainables.train_loop import check_resumable
-
-    current = flatten(build_config())
-    older = {k: v for k, v in current.items() if k != "train.overlay_images"}
-    check_resumable(older, current)
-    check_resumable({**current, "train.overlay_images": 0}, current)
-    with pytest.raises(ValueError, match=r"other settings \(train.lr\)"):
-        check_resumable({**older, "train.lr": 0.5}, current)

@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from orchestrator.errors import UserError
-from orchestrator.label_cache import (LabelStore, apply_threshold, cache_key, corpus_fingerprint, decode_png,
-                                      encode_png, key_inputs)
-from orchestrator.paths import inside
+from orchestrator.core.errors import UserError
+from orchestrator.core.label_format import apply_threshold
+from orchestrator.core.masks import decode_png, encode_png
+from orchestrator.labels.store import LabelStore, cache_key, corpus_fingerprint, key_inputs
+from orchestrator.core.paths import inside
 
 BASE = dict(teacher_kind="textseg", weights_digest="w1", arch="", templates="single", resolution=0,
             sliding_window=False, vocabulary={"classes": [{"name": "background"}, {"name": "disk"}]},
@@ -26,7 +27,7 @@ def test_class_order_and_code_version_change_the_key(monkeypatch):
     # Label ids are indices into the vocabulary: the same names in another order are other labels.
     swapped = {"classes": [{"name": "disk"}, {"name": "background"}]}
     assert cache_key(key_inputs(**{**BASE, "vocabulary": swapped})) != cache_key(key_inputs(**BASE))
-    import orchestrator.label_cache as label_cache
+    import orchestrator.labels.store as label_cache
 
     before = cache_key(key_inputs(**BASE))
     monkeypatch.setattr(label_cache, "LABELING_CODE_VERSION", "next")
@@ -37,12 +38,17 @@ def test_same_inputs_same_key():
     assert cache_key(key_inputs(**BASE)) == cache_key(key_inputs(**dict(BASE)))
 
 
-def test_thresholds_are_not_part_of_the_key():
-    from orchestrator.config import build_config
-    from orchestrator.sweep_plan import _affects_labels
+def test_key_of_known_inputs_is_pinned():
+    # Existing caches are found by this key: the same inputs must keep giving it.
+    assert cache_key(key_inputs(**BASE)) == "textseg-0ab57f7957240c73cc7c"
 
-    assert not _affects_labels("ood.teacher_thresh") and not _affects_labels("train.conf_thresh")
-    assert _affects_labels("teacher.templates")
+
+def test_thresholds_are_not_part_of_the_key():
+    from orchestrator.core.config import build_config
+    from orchestrator.labels.job import LABEL_KEYS
+
+    assert "ood.teacher_thresh" not in LABEL_KEYS and "train.conf_thresh" not in LABEL_KEYS
+    assert "teacher.templates" in LABEL_KEYS
     assert "thresh" not in str(key_inputs(**BASE))
     assert build_config({"ood.teacher_thresh": 0.7}).ood.teacher_thresh == 0.7
 

@@ -2,7 +2,7 @@
 for one key, a labeling run killed mid-write, and the teacher diagnostics kept with each entry.
 
 The teacher is a textseg fitted for one step (random-ish weights: cheap, and the real code path). Counting
-teacher calls: `orchestrator.labeling.TeacherActor` is swapped for a subclass defined inside a function or
+teacher calls: `orchestrator.labels.pipeline.TeacherActor` is swapped for a subclass defined inside a function or
 a `__main__` script, so cloudpickle ships it to the actors by value; it appends one line per call to a file.
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator.errors import UserError
-from orchestrator.label_cache import (LabelStore, cache_key, corpus_fingerprint, decode_png, key_inputs,
-                                      read_label_table)
-from orchestrator.labeling import LabelingJob, decode_cpus, num_blocks, run_labeling
-from orchestrator.vocab import ClassConcepts, Vocabulary
+from orchestrator.core.errors import UserError
+from orchestrator.core.label_format import read_label_table
+from orchestrator.core.masks import decode_png
+from orchestrator.labels.store import LabelStore, cache_key, corpus_fingerprint, key_inputs
+from orchestrator.labels.pipeline import LabelingJob, decode_cpus, num_blocks, run_labeling
+from orchestrator.core.vocab import ClassConcepts, Vocabulary
 
 VOCAB = Vocabulary((ClassConcepts("background"), ClassConcepts("square"), ClassConcepts("circle")),
                    background_concepts=("triangle",))
@@ -73,7 +74,7 @@ def make_job(cache: Path, items, ckpt: str, **kw) -> LabelingJob:
 
 def counting_actor(log: Path, tag: str, delay: float = 0.0):
     """A TeacherActor subclass, local to this function (so it is pickled by value), logging every call."""
-    from orchestrator.labeling import TeacherActor
+    from orchestrator.labels.pipeline import TeacherActor
 
     class CountingTeacher(TeacherActor):
         def __call__(self, batch):
@@ -119,7 +120,7 @@ def test_blocks_keep_every_actor_busy():
 @pytest.mark.e2e
 def test_label_then_reuse_without_running_the_teacher(ray_session, teacher_ckpt, tmp_path, monkeypatch,
                                                       sqlite_uri):
-    import orchestrator.labeling as labeling
+    import orchestrator.labels.pipeline as labeling
 
     items = make_corpus(tmp_path / "ood", 40)
     log = tmp_path / "calls.txt"
@@ -129,7 +130,7 @@ def test_label_then_reuse_without_running_the_teacher(ray_session, teacher_ckpt,
     first = run_labeling(job)
     assert (first.reused, first.images, first.labeled, first.rejected) == (False, 40, 40, 0)
     assert sum(n for _, n in calls(log)) == 40          # every image went through the teacher once
-    table = read_label_table(job.store)
+    table = read_label_table(job.store.root)
     assert sorted(table) == [i for i, _ in items]
     label, conf = (decode_png(b) for b in table["img_0003"])
     assert label.shape == conf.shape == (SIZE, SIZE) and label.max() < VOCAB.num_classes
@@ -157,13 +158,13 @@ def test_label_then_reuse_without_running_the_teacher(ray_session, teacher_ckpt,
     assert job.store.manifest() == manifest and leftovers(tmp_path / "cache") == []
 
     # A sweep logs the diagnostics to its parent run: the plots as artifacts, the numbers as teacher.* metrics.
-    from orchestrator import tracking
-    from orchestrator.sweep import _log_sweep_inputs
+    from orchestrator.tracking import client as tracking
+    from orchestrator.sweep.driver import _log_sweep_inputs
 
     space = tmp_path / "space.yaml"
     space.write_text("name: t\n")
     experiment = tracking.ensure_experiment(sqlite_uri, "diag")
-    parent = tracking.client(sqlite_uri).create_run(experiment).info.run_id
+    parent = tracking.create_run(sqlite_uri, experiment, "parent", {})
     _log_sweep_inputs(sqlite_uri, parent, {"space": str(space), "space_text": "name: t\n", "base": {}},
                       [again.summary()])
     client = tracking.client(sqlite_uri)
@@ -193,7 +194,7 @@ def test_broken_images_are_skipped_and_listed_or_stop_the_run_when_too_many(ray_
     rejected = job.store.manifest()["rejected_images"]
     assert [r["image_id"] for r in rejected] == ["img_0004", "img_0011"]
     assert all("cannot decode image" in r["error"] for r in rejected)
-    assert set(read_label_table(job.store)) == {i for i, _ in items} - {"img_0004", "img_0011"}
+    assert set(read_label_table(job.store.root)) == {i for i, _ in items} - {"img_0004", "img_0011"}
 
     # The same corpus with a stricter limit (a different key, so no reuse) stops, and commits nothing.
     strict = make_job(tmp_path / "cache2", items, teacher_ckpt, max_broken_share=0.05)
@@ -209,9 +210,9 @@ import json, sys, time
 from pathlib import Path
 import ray
 sys.path.insert(0, {tests!r})
-import orchestrator.labeling as labeling
+import orchestrator.labels.pipeline as labeling
 from test_labeling import counting_actor, make_job
-from orchestrator.label_cache import read_label_table
+from orchestrator.core.label_format import read_label_table
 
 cache, ckpt, ood, log, tag, delay = sys.argv[1:7]
 ray.init(address={address!r}, log_to_driver=False)
@@ -223,7 +224,7 @@ while not Path(log + ".go").exists():
 out = labeling.run_labeling(make_job(Path(cache), items, ckpt))
 job = make_job(Path(cache), items, ckpt)
 print(json.dumps({{"outcome": out.summary(), "manifest": job.store.manifest(),
-                  "table": sorted(read_label_table(job.store))}}))
+                  "table": sorted(read_label_table(job.store.root))}}))
 """
 
 
@@ -293,5 +294,5 @@ def test_a_labeling_run_killed_mid_write_leaves_no_complete_looking_entry(ray_se
 
     out = run_labeling(make_job(cache, items, teacher_ckpt))
     assert (out.reused, out.labeled, out.rejected) == (False, 160, 0)
-    assert store.is_complete() and len(read_label_table(store)) == 160
+    assert store.is_complete() and len(read_label_table(store.root)) == 160
     assert leftovers(cache) == []                             # the dead run's temp folder is cleaned up

@@ -6,16 +6,19 @@ import pytest
 import torch
 
 from trainables.losses import (
+    LossTerms,
+    LossWeights,
     Targets,
+    ViewLogits,
     combine_losses,
     conf_weighted_ce,
+    id_stream_loss,
     mix_by_box,
     mix_targets,
     ood_label_targets,
-    semiovs_ood_loss,
+    ood_stream_loss,
     supervised_ce,
     three_view_loss,
-    unimatch_unlabeled_loss,
 )
 
 LN2 = math.log(2.0)
@@ -83,13 +86,13 @@ def test_unimatch_loss_weights_and_partner_labels_inside_box():
     p1 = logits_2class([(2.0, 0.0), (2.0, 0.0)])
     p2 = logits_2class([(0.0, 1.0), (0.0, 1.0)])
     pfp = logits_2class([(0.0, 4.0), (0.5, 0.0)])
-    loss = unimatch_unlabeled_loss(p1, p2, pfp, weak, partner, box1, box2, tau=0.95)
+    loss = id_stream_loss(ViewLogits(p1, p2, pfp), weak, partner, (box1, box2), tau=0.95)
     l1 = (ce(2, 0, 0) + 0.0) / 2  # pixel 1 is the partner's (label 1) but its conf 0.5 < tau
     l2 = (ce(0, 1, 0) + ce(0, 1, 0)) / 2  # box2 empty: weak labels everywhere
     lfp = (ce(0, 4, 0) + ce(0.5, 0, 0)) / 2
     assert loss.item() == pytest.approx(0.25 * l1 + 0.25 * l2 + 0.5 * lfp)
     box1_all = row([1, 1], torch.bool)
-    loss_all = unimatch_unlabeled_loss(p1, p2, pfp, weak, partner, box1_all, box2, tau=0.95)
+    loss_all = id_stream_loss(ViewLogits(p1, p2, pfp), weak, partner, (box1_all, box2), tau=0.95)
     assert loss_all.item() == pytest.approx(0.25 * ce(2, 0, 1) / 2 + 0.25 * l2 + 0.5 * lfp)
 
 
@@ -98,7 +101,7 @@ def test_ood_loss_trusts_ood_labels_but_thresholds_pasted_id_labels():
     id_weak = targets([0, 0], [0.5, 0.5])  # unconfident ID pseudo-labels
     box = row([0, 1], torch.bool)
     p = logits_2class([(0.0, 2.0), (3.0, 0.0)])
-    loss = semiovs_ood_loss(p, p, p, ood, id_weak, box, box, tau=0.95)
+    loss = ood_stream_loss(ViewLogits(p, p, p), ood, id_weak, (box, box), tau=0.95)
     strong = ce(0, 2, 1) / 2  # outside: OOD label with conf 1; inside: ID label dropped, still divides by 2
     fp = (ce(0, 2, 1) + ce(3, 0, 1)) / 2  # FP view: OOD labels everywhere, never thresholded
     assert loss.item() == pytest.approx(0.5 * strong + 0.5 * fp)
@@ -124,7 +127,7 @@ def test_three_view_loss_is_the_weighted_sum():
     t = targets([0, 1], [1.0, 1.0])
     a, b, c = (logits_2class([(s, 0.0), (0.0, s)]) for s in (0.0, 1.0, 5.0))
     la, lb, lc = LN2, ce(1, 0, 0), ce(5, 0, 0)
-    assert three_view_loss(a, b, c, t, t, t, 0.9).item() == pytest.approx(0.25 * la + 0.25 * lb + 0.5 * lc)
+    assert three_view_loss(ViewLogits(a, b, c), t, t, t, 0.9).item() == pytest.approx(0.25 * la + 0.25 * lb + 0.5 * lc)
 
 
 @pytest.mark.parametrize(
@@ -141,13 +144,14 @@ def test_three_view_loss_is_the_weighted_sum():
 )
 def test_combine_losses_normalisation(method, lam, has_id, has_ood, expected):
     lx, lu, lo = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)
-    got = combine_losses(method, lx, lu, lo, lam, has_id=has_id, has_ood=has_ood)
+    terms = LossTerms(lx, u=lu if has_id else None, ood=lo if has_ood else None)
+    got = combine_losses(method, terms, LossWeights(lam))
     assert got.item() == pytest.approx(expected)
 
 
 def test_combine_losses_errors_name_the_fix():
     one = torch.tensor(1.0)
     with pytest.raises(ValueError, match="unknown method 'fixmatch'; valid methods: supervised, unimatch, semiovs"):
-        combine_losses("fixmatch", one, one, one, 1.0)
+        combine_losses("fixmatch", LossTerms(one, one, one), LossWeights(1.0))
     with pytest.raises(ValueError, match="lambda_ood must be >= 0"):
-        combine_losses("semiovs", one, one, one, -1.0)
+        combine_losses("semiovs", LossTerms(one, one, one), LossWeights(-1.0))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import build_config
+from orchestrator.core.config import build_config
 from orchestrator.data.voc import save_mask
 from tests.test_augment import PALETTE, block_sample
 from tests.test_recipe import make_batch, run
@@ -15,9 +15,9 @@ from trainables.distributed import WorkerContext
 from trainables.metrics import OOD_GT_COUNTS, label_agreement, label_agreement_counts
 from trainables.models import build_student
 from trainables.optim import build_optimizer
-from trainables.recipe import train_step
-from trainables.streams import BrokenSamples, StreamSampler
-from trainables.train_loop import ood_counts, train_one_epoch
+from trainables.recipe import StepOptions, run_step
+from trainables.streams import BrokenSamples, StreamFiles, StreamSampler
+from trainables.train_loop import EpochRunner, ood_counts, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -55,7 +55,7 @@ def test_counts_on_hand_made_tensors():
 
 
 @pytest.mark.parametrize("source", ["teacher", "self"])
-def test_train_step_measures_the_ood_labels_it_trains_on(source):
+def test_run_step_measures_the_ood_labels_it_trains_on(source):
     batch = make_batch(n_ood=3)                      # OOD images are class 3, teacher label 3 everywhere
     batch["ign_o"][0, :2] = 255                      # 8 teacher-ignored pixels in image 0
     batch["gt_o"] = torch.stack([torch.full((4, 4), 3), torch.full((4, 4), 1), torch.full((4, 4), 255)])
@@ -90,7 +90,7 @@ def test_ground_truth_never_changes_the_loss_or_the_gradients(source):
         model = copy.deepcopy(student)
         batch = random_ood_batch(torch.Generator().manual_seed(1), with_gt)
         torch.manual_seed(2)                          # the same dropout masks in both runs
-        loss, logs = train_step(model, "semiovs", batch, tau=0.5, lambda_ood=1.0, ood_label_source=source)
+        loss, logs = run_step(model, batch, StepOptions("semiovs", tau=0.5, lambda_ood=1.0, ood_label_source=source))
         loss.backward()
         results.append((loss.detach(), logs, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     (loss_a, logs_a, grads_a), (loss_b, logs_b, grads_b) = results
@@ -103,10 +103,9 @@ def test_ground_truth_never_changes_the_loss_or_the_gradients(source):
 def test_augmentation_moves_the_ground_truth_with_the_image():
     image, truth = block_sample(40, 56)
     label = np.where(truth == 255, 255, (truth + 1) % 5).astype(np.uint8)   # teacher label != ground truth
-    conf = np.full(truth.shape, 200, np.uint8)
     for seed in range(10):
-        plain = unlabeled_views(image, label, 48, 255, np.random.default_rng(seed), conf=conf)
-        v = unlabeled_views(image, label, 48, 255, np.random.default_rng(seed), conf=conf, gt=truth)
+        plain = unlabeled_views(image, label, 48, 255, np.random.default_rng(seed))
+        v = unlabeled_views(image, label, 48, 255, np.random.default_rng(seed), gt=truth)
         assert all(torch.equal(plain[k], v[k]) for k in plain)   # the extra channel changes no view
         assert v["gt"].dtype == torch.int64 and v["gt"].shape == (48, 48)
         assert torch.equal(v["gt"] == 255, v["mask"] == 255)   # the 255 tile and the padding, in both
@@ -131,8 +130,8 @@ def test_sampler_ood_batch_carries_aligned_ground_truth(tmp_path):
     masks = [files[0][1], None, str(tmp_path / "missing.png")]   # one with, one without, one unreadable
 
     def sampler(ood_masks):
-        return StreamSampler(labeled=[files[0]], unlabeled=[], ood=ood, ood_labels=None, crop=32, seed=0,
-                             broken=BrokenSamples(), max_broken_share=0.5, ood_masks=ood_masks)
+        return StreamSampler(StreamFiles([files[0]], ood=ood, ood_masks=ood_masks), ood_labels=None, crop=32,
+                             seed=0, broken=BrokenSamples(), max_broken_share=0.5)
 
     batch = sampler(masks).ood_batch(12)
     assert batch["gt_o"].shape == (12, 32, 32) and batch["gt_o"].dtype == torch.int64
@@ -148,16 +147,16 @@ def test_epoch_reports_agreement_and_coverage_in_percent(tmp_path):
     files = [write_sample(tmp_path, f"s_{i}", seed=i) for i in range(2)]
     cfg = build_config({"train.method": "semiovs", "ood.label_source": "self", "ood.ratio": 0.5,
                         "train.conf_thresh": 0.0, "train.batch_size": 2, "data.crop_size": 32})
-    sampler = StreamSampler(labeled=files, unlabeled=[(f, None) for f, _ in files],
-                            ood=[(f"s_{i}", f) for i, (f, _) in enumerate(files)], ood_labels=None, crop=32,
-                            seed=0, broken=BrokenSamples(), max_broken_share=0.5,
-                            ood_masks=[m for _, m in files])
+    streams = StreamFiles(files, [(f, None) for f, _ in files], [(f"s_{i}", f) for i, (f, _) in enumerate(files)],
+                          [m for _, m in files])
+    sampler = StreamSampler(streams, ood_labels=None, crop=32, seed=0, broken=BrokenSamples(), max_broken_share=0.5)
     torch.manual_seed(0)
     model = build_student("unet_small", 5, width=4)
     optimizer = build_optimizer(model, 0.01, 1.0)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     ctx = WorkerContext("local", 0, 1, torch.device("cpu"))
-    logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, ood_counts(cfg, 2, 0), 0, 2, 2, False)
+    runner = EpochRunner(model, optimizer, scaler, sampler, cfg, ctx, ood_counts(cfg, 2, 0), iters=2, total=2, amp=False)
+    logs = train_one_epoch(runner, 0)
     assert not set(OOD_GT_COUNTS) & set(logs)          # pooled into percentages, not reported as counts
     assert logs["ood_label_coverage"] == 100.0          # tau = 0: every valid pixel is trained on
     assert 0.0 <= logs["ood_label_agreement"] <= 100.0

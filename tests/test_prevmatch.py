@@ -1,4 +1,4 @@
-"""PrevMatch guidance (method.md §3b): schedule, loss, ensemble draws, snapshot list, checkpoint, config, space."""
+"""PrevMatch guidance (docs/method.md §5): schedule, loss, ensemble draws, snapshot list, checkpoint, config, space."""
 import copy
 import io
 import math
@@ -9,16 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.config import build_config, flatten
-from orchestrator.errors import ConfigError
-from orchestrator.search_space import load_space, resolve_base
+from orchestrator.core.config import build_config, flatten
+from orchestrator.core.errors import ConfigError
+from orchestrator.sweep.space import load_space, resolve_base
 from tests.test_ood_agreement import write_sample
 from trainables.distributed import WorkerContext
-from trainables.losses import combine_losses
+from trainables.losses import LossTerms, LossWeights, combine_losses
 from trainables.models import build_student
 from trainables.prevmatch import (PrevGuidance, ensemble_logits, make_generator, prev_loss, restore_snapshots,
                                   sample_ensemble, snapshot_states, triangle_weight, update_snapshots)
-from trainables.recipe import train_step
+from trainables.recipe import StepOptions, run_step
+from trainables.inputs import TrialInput
 from trainables.train_loop import run_training
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -47,17 +48,17 @@ def test_triangle_schedule_rises_to_one_at_half_then_falls(epochs):
 def test_combine_losses_with_prev_term(method, lam_prev, loss_prev, expected):
     lx, lu, lo = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)
     lp = None if loss_prev is None else torch.tensor(loss_prev)
-    got = combine_losses(method, lx, lu, lo, 1.0, loss_prev=lp, lambda_prev=lam_prev)
+    got = combine_losses(method, LossTerms(lx, lu, lo, prev=lp), LossWeights(1.0, lambda_prev=lam_prev))
     assert got.item() == pytest.approx(expected)
 
 
 def test_combine_losses_refuses_negative_lambda_prev():
     one = torch.tensor(1.0)
     with pytest.raises(ValueError, match="lambda_prev must be >= 0, got -1"):
-        combine_losses("unimatch", one, one, one, 1.0, loss_prev=one, lambda_prev=-1.0)
+        combine_losses("unimatch", LossTerms(one, one, one, prev=one), LossWeights(1.0, lambda_prev=-1.0))
 
 
-# ---- train_step with the real student --------------------------------------------------------------
+# ---- run_step with the real student --------------------------------------------------------------
 
 def random_batch(method: str, b: int = 2, side: int = 16, classes: int = 5) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
@@ -76,7 +77,8 @@ def random_batch(method: str, b: int = 2, side: int = 16, classes: int = 5) -> d
 
 def step(model, method, batch, prev=None):
     torch.manual_seed(0)   # the FP dropout draws
-    loss, logs = train_step(model, method, batch, tau=0.5, lambda_ood=1.0, ood_label_source="teacher", prev=prev)
+    loss, logs = run_step(model, batch, StepOptions(method, tau=0.5, lambda_ood=1.0, ood_label_source="teacher",
+                                                 prev=prev))
     loss.backward()
     return loss, logs, [p.grad.clone() for p in model.parameters()]
 
@@ -251,10 +253,11 @@ def test_run_training_keeps_logs_and_resumes_the_past_models(tmp_path):
                         "train.iters_per_epoch": 2, "train.batch_size": 2, "train.overlay_images": 0,
                         "train.prev_thresh": 0.0,
                         "data.crop_size": 32, "model.width": 4})
-    data = {"labeled": files, "unlabeled": [(f, None) for f, _ in files], "val": files, "ood": [],
-            "class_names": ["c0", "c1", "c2", "c3", "c4"]}
+    trial = TrialInput(cfg, labeled=tuple(files), unlabeled=tuple((f, None) for f, _ in files), val=tuple(files),
+                       ood=(), ood_masks=(), class_names=("c0", "c1", "c2", "c3", "c4"), label_store=None,
+                       files_dir=str(tmp_path / "files"), mode="local")
     ctx = RecordingContext("local", 0, 1, torch.device("cpu"))
-    run_training(cfg, flatten(cfg), data, ctx)
+    run_training(trial, ctx)
     metrics = [m for m, _ in ctx.reports]
     assert [m["lambda_prev"] for m in metrics] == pytest.approx([0.0, 2 / 3, 2 / 3])
     assert metrics[0]["val_miou"] > 0 and metrics[0]["prev_models"] == 0 and metrics[0]["loss_prev"] == 0.0
@@ -263,9 +266,12 @@ def test_run_training_keeps_logs_and_resumes_the_past_models(tmp_path):
     assert metrics[1]["loss_prev"] > 0
     state = torch.load(io.BytesIO(ctx.reports[1][1]), weights_only=True)
     assert len(state["prev_models"]) == 1 and state["prev_new_best"] == bests[1]
+    assert all(isinstance(v, (int, float)) for m in metrics for v in m.values())   # reports carry numbers only
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [f"confusion_matrix_epoch_00{e}.png"
+                                                                     for e in (1, 2, 3)]
 
     resumed = RecordingContext("local", 0, 1, torch.device("cpu"), resume=ctx.reports[1][1])
-    run_training(cfg, flatten(cfg), data, resumed)
+    run_training(trial, resumed)
     (last, _), = resumed.reports
     assert last["epoch"] == 3 and last["prev_models"] == metrics[2]["prev_models"]
 

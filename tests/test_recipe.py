@@ -1,4 +1,4 @@
-"""train_step: CutMix order, box sharing between ID and OOD, forward-pass plan, logs; optim; a short run."""
+"""run_step: CutMix order, box sharing between ID and OOD, forward-pass plan, logs; optim; a short run."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 
 from trainables.models import build_student
 from trainables.optim import apply_poly_lr, build_optimizer, poly_lr
-from trainables.recipe import train_step
+from trainables.recipe import StepOptions, run_step
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -65,7 +65,7 @@ def make_batch(n_ood=3):
 
 def run(batch, method="semiovs", source="teacher", model=None):
     model = model or SpyModel()
-    loss, logs = train_step(model, method, batch, tau=0.95, lambda_ood=1.0, ood_label_source=source)
+    loss, logs = run_step(model, batch, StepOptions(method, tau=0.95, lambda_ood=1.0, ood_label_source=source))
     return model, loss, logs
 
 
@@ -206,11 +206,11 @@ def test_supervised_loss_falls_on_a_tiny_problem():
     model = build_student("unet_small", 2, width=8).train()
     opt = build_optimizer(model, 0.02, 1.0)
     losses = []
+    supervised = StepOptions("supervised", tau=0.95, lambda_ood=1.0, ood_label_source="teacher")
     for it in range(40):
         apply_poly_lr(opt, 0.02, it, 40)
         x, y = squares_batch(gen)
-        loss, logs = train_step(model, "supervised", {"x": x, "y": y}, tau=0.95, lambda_ood=1.0,
-                                ood_label_source="teacher")
+        loss, logs = run_step(model, {"x": x, "y": y}, supervised)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -230,7 +230,7 @@ def test_semiovs_step_backpropagates_through_a_real_student():
     batch = dict(x=img(n), y=torch.randint(0, 3, (n, side, side)), u_w=img(n), u_s1=img(n), u_s2=img(n),
                  ign_u=mask(n), box1=box, box2=box.flip(-1), m_w=img(n), m_s1=img(n), m_s2=img(n), ign_m=mask(n),
                  o_w=img(3), o_s1=img(3), o_s2=img(3), ign_o=mask(3), y_o=torch.randint(0, 3, (3, side, side)))
-    loss, logs = train_step(model, "semiovs", batch, tau=0.0, lambda_ood=1.0, ood_label_source="teacher")
+    loss, logs = run_step(model, batch, StepOptions("semiovs", tau=0.0, lambda_ood=1.0, ood_label_source="teacher"))
     loss.backward()
     assert torch.isfinite(loss) and logs["loss_u"] > 0 and logs["loss_ood"] > 0
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from orchestrator import tracking
-from orchestrator.report import format_markdown, group_rows, grouping_keys, write_report
+from orchestrator.tracking import client as tracking
+from orchestrator.tracking.report import format_markdown, group_rows, grouping_keys, write_report
 
 
 def trial(split, ratio, seed, miou, mask=0.5, method="semiovs"):
@@ -48,7 +48,7 @@ def test_report_from_a_real_store_writes_table_plots_and_logs_them(sqlite_uri, t
 
 
 def test_unknown_experiment_is_a_user_error(sqlite_uri):
-    from orchestrator.errors import UserError
+    from orchestrator.core.errors import UserError
 
     with pytest.raises(UserError, match="no MLflow experiment 'nope'"):
         write_report(sqlite_uri, "nope", __import__("pathlib").Path("/tmp/unused"))
@@ -83,7 +83,7 @@ def test_ood_keys_are_inert_for_methods_without_an_ood_stream():
 
 
 def test_paper_layout_has_methods_as_rows_and_splits_as_columns():
-    from orchestrator.report import format_by_split
+    from orchestrator.tracking.report import format_by_split
 
     keys = grouping_keys(MERGED)
     table = format_by_split(group_rows(MERGED, keys), keys)
@@ -95,7 +95,7 @@ def test_paper_layout_has_methods_as_rows_and_splits_as_columns():
 
 
 def test_per_class_table_averages_the_last_epoch_iou_over_seeds():
-    from orchestrator.report import format_per_class
+    from orchestrator.tracking.report import format_per_class
 
     keys = grouping_keys(MERGED)
     table = format_per_class(group_rows(MERGED, keys), keys)

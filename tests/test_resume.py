@@ -60,7 +60,7 @@ def test_killed_sweep_resumes_without_duplicates(ray_session, shared_cache, tmp_
     finished = [r for r in before if r.info.status == "FINISHED"]
     assert 1 <= len(finished) < 3          # killed part-way: some trials done, not all
 
-    from orchestrator.sweep import SweepRequest, run_sweep
+    from orchestrator.sweep.driver import SweepRequest, run_sweep
 
     overrides = {**TINY, "train.epochs": 3}
     out = run_sweep(SweepRequest(space=str(space), storage=str(tmp_path / "runs"), cache=str(shared_cache),

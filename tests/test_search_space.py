@@ -1,8 +1,8 @@
 """Search-space files: the format, and one clear error (file + key path + fix) per kind of mistake."""
 import pytest
 
-from orchestrator.errors import ConfigError, SpaceError
-from orchestrator.search_space import load_space, parse_space, resolve_base, to_param_space
+from orchestrator.core.errors import ConfigError, SpaceError
+from orchestrator.sweep.space import load_space, parse_space, resolve_base, to_param_space
 
 GOOD = """
 name: demo

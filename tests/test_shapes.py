@@ -10,7 +10,8 @@ import pytest
 
 from orchestrator.data.shapes import (DISTRACTOR_NAMES, SOURCE_VOCAB, TARGET_VOCAB, ShapesSpec, default_shapes_root,
                                       ensure_shapes, generate_shapes)
-from orchestrator.data.voc import DatasetError, SegDataset, list_ood_corpus, load_image, load_mask, load_vocabulary
+from orchestrator.core.images import load_image, load_mask
+from orchestrator.data.voc import DatasetError, SegDataset, list_ood_corpus, load_vocabulary
 
 SPEC = ShapesSpec(num_train=40, num_val=12, num_ood=60, num_source=20, splits=(4, 8, 16))
 

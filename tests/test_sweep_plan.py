@@ -3,11 +3,11 @@ import math
 
 import pytest
 
-from orchestrator.config import build_config, flatten
-from orchestrator.errors import SpaceError
-from orchestrator.results import TrialRow, format_csv, format_markdown, format_text, trial_status
-from orchestrator.search_space import parse_space, resolve_base
-from orchestrator.sweep_plan import labeling_configs, max_concurrent_trials, per_trial_cpus
+from orchestrator.core.config import build_config, flatten
+from orchestrator.core.errors import SpaceError
+from orchestrator.sweep.results import TrialRow, format_csv, format_markdown, format_text, trial_status
+from orchestrator.sweep.space import parse_space, resolve_base
+from orchestrator.sweep.plan import labeling_configs, max_concurrent_trials, per_trial_cpus
 
 
 def plan(parameters, fixed=None):
@@ -62,3 +62,21 @@ def test_results_table_formats():
     assert format_csv(rows, ["ood.ratio"], "val_miou").splitlines()[1] == "t1,0.5,31.234,6,done,61.4"
     assert trial_status(False, 2, 6) == "stopped early" and trial_status(True, 6, 6) == "error"
     assert math.isnan(rows[1].best)
+
+
+def test_label_split_space_labels_once():
+    """Sweeping the labeled split and the method never changes the teacher's labels: one key, not five."""
+    from pathlib import Path
+
+    from orchestrator.sweep.space import load_space
+
+    space = load_space(Path(__file__).parent.parent / "search_spaces" / "label_split.yaml")
+    assert len(labeling_configs(space, resolve_base(space, {}))) == 1
+
+
+def test_label_keys_are_config_keys_and_exclude_read_time_knobs():
+    from orchestrator.core.config import CONFIG_KEYS
+    from orchestrator.labels.job import LABEL_KEYS
+
+    assert set(LABEL_KEYS) <= set(CONFIG_KEYS)
+    assert not {"data.split", "ood.ratio", "ood.teacher_thresh", "ood.num_images", "teacher.batch_size"} & set(LABEL_KEYS)

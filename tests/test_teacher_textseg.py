@@ -1,5 +1,5 @@
 """textseg: fitted on a wide "source" vocabulary, prompted with a target vocabulary whose background_concepts
-name the distractor class — the distractor's pixels must come out as background (DESIGN.md, the benchmark's point)."""
+name the distractor class — the distractor's pixels must come out as background (docs/method.md §8, the benchmark's point)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from orchestrator.teachers import TeacherSpec, build_teacher, evaluate_teacher, fit_textseg, save_checkpoint
-from orchestrator.teachers.base import images_to_tensor
-from orchestrator.vocab import ClassConcepts, Vocabulary
+from orchestrator.teachers.base import images_to_tensor, weights_digest_for
+from orchestrator.core.vocab import ClassConcepts, Vocabulary
 
 SOURCE = Vocabulary(tuple(ClassConcepts(n) for n in ("background", "square", "circle", "triangle")))
 # Target vocabulary: triangles are a distractor, named only as a background concept.
@@ -142,7 +142,7 @@ def test_checkpoint_is_weights_only_and_digest_is_file_sha256(fitted):
     assert loaded["vocab"] == SOURCE.to_dict() and loaded["templates"] == "single"
     assert set(loaded["fit"]) >= {"steps", "batch_size", "lr", "seed"} and loaded["fit"]["steps"] == 100
     with open(path, "rb") as f:
-        assert _teacher(path, TARGET).weights_digest() == hashlib.sha256(f.read()).hexdigest()
+        assert weights_digest_for(path) == hashlib.sha256(f.read()).hexdigest()
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".tmp")]
 
 
@@ -176,6 +176,20 @@ def test_fit_rejects_bad_inputs():
         fit_textseg(images, np.where(masks == 0, 3, 3).astype(np.uint8), TARGET, steps=1)
     with pytest.raises(ValueError, match="steps=0 must be >= 1"):
         fit_textseg(images, masks, SOURCE, steps=0)
+
+
+def test_fit_settings_that_mirror_config_keys_default_from_the_config():
+    from orchestrator.core.config import DataConfig, TeacherConfig
+    from orchestrator.teachers import FitConfig
+
+    with pytest.raises(TypeError):
+        FitConfig()                                  # steps, seed and templates have no default of their own
+    cfg = FitConfig.from_config(TeacherConfig(), DataConfig(), batch_size=4)
+    assert (cfg.steps, cfg.seed, cfg.templates, cfg.batch_size) == (
+        TeacherConfig().fit_steps, DataConfig().seed, TeacherConfig().templates, 4)
+    images, masks = make_shapes(4, size=16)
+    fit = fit_textseg(images, masks, SOURCE, steps=1, batch_size=2, width=8, embed_dim=16)["fit"]
+    assert (fit["seed"], fit["templates"]) == (DataConfig().seed, TeacherConfig().templates)
 
 
 def test_class_weights_upweight_rare_classes_and_keep_mean_pixel_weight_one():

@@ -5,11 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from orchestrator.teachers import TeacherSpec, build_teacher, evaluate_teacher
-from orchestrator.teachers.metrics import confusion_matrix, iou_from_confusion
-from orchestrator.vocab import ClassConcepts, Vocabulary
+from trainables.metrics import ConfusionMatrix
+from orchestrator.core.vocab import ClassConcepts, Vocabulary
 
 VOCAB = Vocabulary((ClassConcepts("background"), ClassConcepts("disk")))
 
@@ -55,8 +56,11 @@ def test_importing_the_package_does_not_import_torch():
 def test_confusion_matrix_ignores_255_and_counts_out_of_range_as_wrong():
     gt = np.array([[0, 1, 1, 255]], dtype=np.uint8)
     pred = np.array([[0, 1, 7, 1]], dtype=np.uint8)  # 7 is not a class: wrong, but no crash
-    cm = confusion_matrix(pred, gt, 2)
-    assert cm.tolist() == [[1, 0], [0, 1]]
+    cm = ConfusionMatrix(2)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    assert cm.as_lists() == [[1, 0], [0, 1]]
+    ious, _ = cm.compute()
+    assert ious == pytest.approx([100.0, 50.0])   # the wrong pixel still enlarges class 1's union
 
 
 class _FixedTeacher:
@@ -89,6 +93,8 @@ def test_evaluate_teacher_perfect_is_100():
     assert res["miou"] == pytest.approx(100.0)
 
 
-def test_iou_from_confusion_nan_for_absent_class():
-    iou = iou_from_confusion(np.array([[5, 0], [0, 0]]))
-    assert iou[0] == 100.0 and np.isnan(iou[1])
+def test_iou_nan_for_absent_class():
+    cm = ConfusionMatrix(2)
+    cm.update(torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long))
+    iou, miou = cm.compute()
+    assert iou[0] == 100.0 and np.isnan(iou[1]) and miou == 100.0

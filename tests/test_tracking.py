@@ -1,8 +1,8 @@
 """MLflow helpers against a real sqlite store."""
 import pytest
 
-from orchestrator import tracking
-from orchestrator.errors import UserError
+from orchestrator.tracking import client as tracking
+from orchestrator.core.errors import UserError
 
 
 def test_tracking_uri_precedence(monkeypatch, tmp_path):

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 from orchestrator.data.pascal_vocab import PASCAL_VOC_VOCAB
-from orchestrator.data.voc import (DatasetError, SampleError, SegDataset, list_ood_corpus, load_image, load_mask,
-                                   load_vocabulary, read_split_file, save_mask, voc_palette, write_split_file)
-from orchestrator.errors import UserError
+from orchestrator.core.images import SampleError, load_image, load_mask
+from orchestrator.core.masks import voc_palette
+from orchestrator.data.voc import (DatasetError, SegDataset, list_ood_corpus, load_vocabulary, read_split_file,
+                                   save_mask, write_split_file)
+from orchestrator.core.errors import UserError
 
 IDS = ["2007_000032", "2007_000039", "2007_000063", "2007_000068"]
 

@@ -1,6 +1,6 @@
-"""Joint image+mask augmentation of UniMatch/SemiOVS (method.md §3 "Augmentation"), deterministic by seed.
+"""Joint image+mask augmentation of UniMatch/SemiOVS (docs/method.md §2), deterministic by seed.
 
-Images are HxWx3 uint8 numpy arrays, masks HxW (or HxWxC, e.g. label+confidence) uint8 arrays. Every op
+Images are HxWx3 uint8 numpy arrays, masks HxW (or HxWxC, e.g. label+ground truth) uint8 arrays. Every op
 takes an explicit `np.random.Generator`; nothing touches the global numpy/torch/random state, so a sample's
 views are a pure function of (sample, seed). Geometric ops move mask pixels without interpolation: a mask
 only ever holds values it had before, plus the padding fill (255 labeled/OOD, 254 ID unlabeled).
@@ -182,35 +182,30 @@ def weak_pair(
 
 def unlabeled_views(
     image: np.ndarray, mask: np.ndarray, crop: int, mask_fill: int, rng: np.random.Generator,
-    *, conf: np.ndarray | None = None, gt: np.ndarray | None = None, cutmix_p: float = 0.5,
+    *, gt: np.ndarray | None = None,
 ) -> dict[str, Tensor]:
     """Unlabeled sample (ID with mask_fill=254, OOD with 255) -> the tensors of one stream.
 
     Returns u_w, u_s1, u_s2 [3,crop,crop]; ign [crop,crop] uint8 (255 where the mask holds `mask_fill`:
     crop padding for ID, padding + teacher-ignored pixels for OOD); box1, box2 [crop,crop] uint8;
-    mask [crop,crop] int64 (the transformed mask: the OOD label, unused for ID); and `conf` [crop,crop]
-    float in [0,1] when a uint8 confidence map (round(255·p)) is given; it moves with the mask.
-    A ground-truth mask `gt` (255 = none) rides along as one more channel, so it gets exactly the image's
-    geometry; it comes back as `gt` [crop,crop] int64 (padding = mask_fill, i.e. 255 for OOD). Extra
-    channels draw no random numbers: the views are the same with or without them.
+    mask [crop,crop] int64 (the transformed mask: the OOD label, unused for ID).
+    A ground-truth mask `gt` (255 = none) rides along as a second channel, so it gets exactly the image's
+    geometry; it comes back as `gt` [crop,crop] int64 (padding = mask_fill, i.e. 255 for OOD). The extra
+    channel draws no random numbers: the views are the same with or without it.
     """
-    planes = [mask] + [p for p in (conf, gt) if p is not None]
-    stacked = mask if len(planes) == 1 else np.stack(planes, axis=-1)
+    stacked = mask if gt is None else np.stack([mask, gt], axis=-1)
     image, stacked = geometric(image, stacked, crop, mask_fill, rng)
-    moved = [stacked] if len(planes) == 1 else [stacked[..., i] for i in range(len(planes))]
-    label = moved[0]
+    label = stacked if gt is None else stacked[..., 0]
     s1, s2 = strong_view(image, rng), strong_view(image, rng)
     out = {
         "u_w": to_tensor_normalized(image),
         "u_s1": to_tensor_normalized(s1),
         "u_s2": to_tensor_normalized(s2),
         "ign": torch.from_numpy(np.where(label == mask_fill, 255, 0).astype(np.uint8)),
-        "box1": torch.from_numpy(cutmix_box(crop, rng, cutmix_p)),
-        "box2": torch.from_numpy(cutmix_box(crop, rng, cutmix_p)),
+        "box1": torch.from_numpy(cutmix_box(crop, rng)),
+        "box2": torch.from_numpy(cutmix_box(crop, rng)),
         "mask": torch.from_numpy(np.ascontiguousarray(label)).long(),
     }
-    if conf is not None:
-        out["conf"] = torch.from_numpy(np.ascontiguousarray(moved[1])).float().div_(255.0)
     if gt is not None:
-        out["gt"] = torch.from_numpy(np.ascontiguousarray(moved[-1])).long()
+        out["gt"] = torch.from_numpy(np.ascontiguousarray(stacked[..., 1])).long()
     return out

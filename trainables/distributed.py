@@ -96,24 +96,7 @@ class WorkerContext:
                 ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _quiet_train_reports() -> None:
-    """Train V2 logs every report, metrics and all, at INFO to the console: from workers under a logger
-    named after its file (outside `ray.train`, so RunConfig's LoggingConfig misses it), and in local mode
-    from train_fn_utils. With the overlay pictures that is ~45 kB a line; our progress line says the
-    epoch ended instead."""
-    import logging
-
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-        from ray.train.v2._internal.execution import train_fn_utils
-    except ImportError:  # another Ray layout: nothing to quiet
-        return
-    for name in (train_context.__file__, train_fn_utils.__name__):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def make_context(mode: str, gpus_per_worker: float, on_report=None) -> WorkerContext:
-    _quiet_train_reports()
     if mode == "train":
         import ray.train
         import ray.train.torch

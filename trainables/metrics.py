@@ -9,17 +9,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-IGNORE = 255
+from orchestrator.core.masks import IGNORE
 
 
 class ConfusionMatrix:
-    """mat[t, p] = number of pixels with ground truth t predicted as p."""
+    """mat[t, p] = number of pixels with ground truth t predicted as p. Students and teachers are scored with it.
+
+    Ground truth IGNORE (255) is skipped. A prediction outside [0, num_classes) (a teacher's bug, never a
+    student's argmax) counts as wrong: it lands in an extra column that enlarges its true class's union.
+    """
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.mat: Tensor | None = None
+        self.mat: Tensor | None = None   # (k, k + 1): the last column holds out-of-range predictions
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add a batch: `pred` holds class indices (argmax already taken), same shape as `target`."""
@@ -28,21 +32,21 @@ class ConfusionMatrix:
                              "pass argmax(logits, dim=1), not the logits")
         k = self.num_classes
         if self.mat is None:
-            self.mat = torch.zeros(k, k, dtype=torch.int64, device=target.device)
+            self.mat = torch.zeros(k, k + 1, dtype=torch.int64, device=target.device)
         t, p = target.flatten().long(), pred.flatten().long().to(target.device)
         keep = (t != IGNORE) & (t >= 0) & (t < k)
-        if bool(((p[keep] < 0) | (p[keep] >= k)).any()):
-            raise ValueError(f"pred holds class indices outside [0, {k}); is num_classes={k} right?")
-        self.mat += torch.bincount(k * t[keep] + p[keep], minlength=k * k).view(k, k)
+        t, p = t[keep], p[keep]
+        p = torch.where((p >= 0) & (p < k), p, torch.full_like(p, k))
+        self.mat += torch.bincount((k + 1) * t + p, minlength=k * (k + 1)).view(k, k + 1)
 
     def reset(self) -> None:
         self.mat = None
 
     def as_lists(self) -> list[list[int]]:
-        """The counts as plain ints (what an epoch's report carries; the driver draws them)."""
+        """The k x k counts as plain ints (what the confusion-matrix picture draws)."""
         if self.mat is None:
             return [[0] * self.num_classes for _ in range(self.num_classes)]
-        return self.mat.cpu().tolist()
+        return self.mat[:, :self.num_classes].cpu().tolist()
 
     def compute(self) -> tuple[list[float], float]:
         """(IoU per class, mIoU), in percent.
@@ -51,13 +55,23 @@ class ConfusionMatrix:
         and left out of the mean (UniMatch would count it as 0; on VOC/PC val every class is present).
         """
         k = self.num_classes
-        mat = self.mat.double().cpu() if self.mat is not None else torch.zeros(k, k, dtype=torch.float64)
+        mat = self.mat.double().cpu() if self.mat is not None else torch.zeros(k, k + 1, dtype=torch.float64)
         inter = mat.diag()
-        union = mat.sum(0) + mat.sum(1) - inter
+        union = mat[:, :k].sum(0) + mat.sum(1) - inter
         iou = torch.where(union > 0, 100.0 * inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
         present = ~iou.isnan()
         miou = float(iou[present].mean()) if bool(present.any()) else float("nan")
         return [float(v) for v in iou], miou
+
+    def pixel_accuracy(self) -> float:
+        """Percent of ground-truth pixels predicted right."""
+        if self.mat is None:
+            return 0.0
+        return 100.0 * float(self.mat.diag().sum()) / max(1, int(self.mat.sum()))
+
+    def pixels(self) -> int:
+        """Ground-truth pixels counted (IGNORE excluded)."""
+        return 0 if self.mat is None else int(self.mat.sum())
 
     def reduce_from_all_processes(self) -> None:
         """Sum the matrix over all ranks (no-op unless torch.distributed is initialised).
@@ -68,11 +82,11 @@ class ConfusionMatrix:
             return
         if self.mat is None:
             device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+            self.mat = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64, device=device)
         dist.all_reduce(self.mat)
 
 
-# Pixel counts behind the OOD pseudo-label agreement; train_step logs them, the epoch pools them.
+# Pixel counts behind the OOD pseudo-label agreement; run_step logs them, the epoch pools them.
 OOD_GT_COUNTS = ("ood_gt_agree_px", "ood_gt_used_px", "ood_gt_valid_px", "ood_gt_obj_agree_px", "ood_gt_obj_used_px")
 
 

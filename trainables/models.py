@@ -1,7 +1,7 @@
 """Student segmenters: a tiny CPU U-Net and DeepLabV3+ on torchvision ResNets.
 
 Every student splits into `backbone` (encoder; its parameters get the base lr, see optim.py) and a decoder,
-and shares one forward contract (method.md §3 "Model"):
+and shares one forward contract (docs/method.md §4):
 
     model(x)                 -> logits [B, K, H, W] at input resolution
     model(x, need_fp=True)   -> (logits, logits_fp)
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-ARCHS = ("unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101")
+from orchestrator.core.config import STUDENT_ARCHS as ARCHS
 
 
 def conv_bn_relu(cin: int, cout: int, *, stride: int = 1, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -68,7 +68,7 @@ def upsample(t: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # unet_small: stride-2 stem, encoder at 1/2, 1/4, 1/8 with widths w, 2w, 4w; two skip-fusing decoder stages.
 # Working at 1/2 resolution from the first layer is what makes it ~9x cheaper than a full-resolution
-# 24/48/96 U-Net (DESIGN.md); logits are upsampled bilinearly, which costs little on blob-like shapes.
+# 24/48/96 U-Net; logits are upsampled bilinearly, which costs little on blob-like shapes.
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -1,9 +1,9 @@
-"""PrevMatch guidance (method.md §3b): past best models label the ID unlabeled images as a second teacher.
+"""PrevMatch guidance (docs/method.md §5): past best models label the ID unlabeled images as a second teacher.
 
 Two halves, both pure torch without I/O:
   * the snapshot list, kept by the train loop: a frozen copy of the student is appended at the start of an
     epoch that follows a new best val mIoU, at most `max_models` of them (oldest dropped);
-  * the loss, called from recipe.train_step: a random ensemble of K snapshots labels [u_w; m_w], the labels are
+  * the loss, called from recipe.run_step: a random ensemble of K snapshots labels [u_w; m_w], the labels are
     CutMixed like UniMatch's ID targets and supervise the same student outputs (strong views, FP weak view).
 The random draws use their own torch.Generator, so guidance never shifts the student's global RNG stream.
 """
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainables.losses import Targets, pseudo_targets, unimatch_unlabeled_loss
+from trainables.losses import Targets, ViewLogits, id_stream_loss, pseudo_targets
 
 
 @dataclass
 class PrevGuidance:
-    """What train_step needs for one epoch of guidance."""
+    """What run_step needs for one epoch of guidance."""
 
     models: list[nn.Module]         # frozen snapshots (eval mode, no grad), oldest first, on the student's device
     generator: torch.Generator      # draws K, which snapshots, and their Dirichlet weights
@@ -107,4 +107,4 @@ def prev_loss(guide: PrevGuidance, batch: dict[str, Tensor],
     Same CutMix (box1/box2: u_w outside, m_w inside) and ignore maps as the ID targets of L_u.
     """
     on_u, on_m = prev_targets(guide, batch)
-    return unimatch_unlabeled_loss(p_us1, p_us2, p_uw_fp, on_u, on_m, batch["box1"], batch["box2"], guide.thresh)
+    return id_stream_loss(ViewLogits(p_us1, p_us2, p_uw_fp), on_u, on_m, (batch["box1"], batch["box2"]), guide.thresh)

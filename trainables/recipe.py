@@ -1,12 +1,12 @@
 """One training step per method (supervised / UniMatch / SemiOVS), pure torch, no I/O.
 
-Follows the per-step pseudo-code of method.md §3 line by line, including its order:
+Follows the per-step pseudo-code of docs/method.md §3 line by line, including its order:
   1. OOD strong views get the ID strong patch (box1/box2 of the paired ID image) BEFORE
   2. the ID strong views are CutMixed with the mix partner M;
   3. partner labels from an eval-mode, no-grad forward;
   4. one train-mode forward over [x; u_w; o_w] with feature perturbation (BN sees all three streams);
   5. one forward over [u_s1; u_s2], one over [o_s1; o_s2];
-  6. with PrevMatch guidance (`prev`, method.md §3b), an ensemble of past models labels [u_w; m_w] and
+  6. with PrevMatch guidance (`prev`, docs/method.md §5), an ensemble of past models labels [u_w; m_w] and
      supervises the ID outputs of step 5 (trainables/prevmatch.py); the OOD stream gets no guidance.
 The caller's tensors are never modified (mixing is out of place).
 
@@ -21,19 +21,24 @@ Bo may be 0 or differ from Bu: OOD image i is paired with ID image i mod Bu.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from orchestrator.core.config import METHODS
 from trainables.losses import (
-    METHODS,
+    LossTerms,
+    LossWeights,
     Targets,
+    ViewLogits,
     combine_losses,
+    id_stream_loss,
     mix_by_box,
     ood_label_targets,
+    ood_stream_loss,
     pseudo_targets,
-    semiovs_ood_loss,
     supervised_ce,
-    unimatch_unlabeled_loss,
 )
 from trainables.metrics import label_agreement_counts
 from trainables.prevmatch import PrevGuidance, prev_loss
@@ -41,6 +46,31 @@ from trainables.prevmatch import PrevGuidance, prev_loss
 OOD_LABEL_SOURCES = ("teacher", "self")
 ID_KEYS = ("u_w", "u_s1", "u_s2", "ign_u", "box1", "box2", "m_w", "m_s1", "m_s2", "ign_m")
 OOD_KEYS = ("o_w", "o_s1", "o_s2", "ign_o")
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """Everything a step reads besides the model and the batch."""
+
+    method: str                         # train.method
+    tau: float                          # train.conf_thresh
+    lambda_ood: float                   # train.lambda_ood
+    ood_label_source: str               # ood.label_source
+    prev: PrevGuidance | None = None    # this epoch's PrevMatch guidance (None = off)
+
+
+@dataclass(frozen=True)
+class WeakPass:
+    """What steps 1-4 hand to the unlabeled loss terms. OOD tensors are empty without OOD images."""
+
+    u_strong: tuple[Tensor, Tensor]     # ID strong views, CutMixed with the partner
+    o_strong: tuple[Tensor, Tensor]     # OOD strong views with the paired ID patch
+    pair: Tensor                        # pair[i] = ID image of OOD image i
+    partner: Targets | None             # partner labels (None without ID images)
+    weak: Targets                       # ID weak-view pseudo-labels
+    p_uw_fp: Tensor
+    p_ow: Tensor
+    p_ow_fp: Tensor
 
 
 def check_batch(method: str, batch: dict[str, Tensor], ood_label_source: str) -> None:
@@ -57,7 +87,7 @@ def check_batch(method: str, batch: dict[str, Tensor], ood_label_source: str) ->
         need += OOD_KEYS + (("y_o",) if ood_label_source == "teacher" else ())
     missing = [k for k in need if k not in batch]
     if missing:
-        raise KeyError(f"train_step({method!r}) batch lacks keys {missing}; it has {sorted(batch)}")
+        raise KeyError(f"run_step({method!r}) batch lacks keys {missing}; it has {sorted(batch)}")
     if method != "supervised" and batch["m_w"].shape[0] != batch["u_w"].shape[0]:
         raise ValueError(
             f"mix partner batch has {batch['m_w'].shape[0]} images but the ID batch has "
@@ -97,34 +127,43 @@ def mix_strong_views(batch: dict[str, Tensor], b_o: int) -> tuple[Tensor, ...]:
     return u_s1, u_s2, o_s1, o_s2, pair
 
 
-def train_step(
-    model: nn.Module,
-    method: str,
-    batch: dict[str, Tensor],
-    *,
-    tau: float,
-    lambda_ood: float,
-    ood_label_source: str,
-    prev: PrevGuidance | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+def run_step(model: nn.Module, batch: dict[str, Tensor], opts: StepOptions) -> tuple[Tensor, dict[str, float]]:
     """Compute the step's total loss (call .backward() on it) and float logs.
 
     logs: loss, loss_x, loss_u, loss_ood, mask_ratio (valid ID pixels with conf >= tau),
     ood_conf_ratio (valid OOD pixels whose OOD label passes tau; 1 for teacher labels without c_o);
     with gt_o also the pixel counts of metrics.OOD_GT_COUNTS (OOD labels the loss uses vs ground truth);
-    with `prev` also loss_prev (0 while it holds no past model).
+    with `opts.prev` also loss_prev (0 while it holds no past model).
     """
-    check_batch(method, batch, ood_label_source)
+    check_batch(opts.method, batch, opts.ood_label_source)
     x, y = batch["x"], batch["y"]
     zero = x.new_zeros(())
-    if method == "supervised":
+    if opts.method == "supervised":
         loss_x = supervised_ce(model(x), y)
         return loss_x, make_logs(loss_x, loss_x, zero, zero, 0.0, 0.0)
 
+    has_id = batch["u_w"].shape[0] > 0
+    has_ood = opts.method == "semiovs" and "o_w" in batch and batch["o_w"].shape[0] > 0
+    loss_x, state = weak_forward(model, batch, has_ood)
+    loss_u, ratio, loss_p = id_terms(model, batch, state, opts) if has_id else (zero, 0.0, None)
+    loss_o, ood_ratio, gt_counts = ood_terms(model, batch, state, opts) if has_ood else (zero, 0.0, {})
+
+    terms = LossTerms(loss_x, u=loss_u if has_id else None, ood=loss_o if has_ood else None, prev=loss_p)
+    weights = LossWeights(opts.lambda_ood, opts.prev.weight if opts.prev is not None else 0.0)
+    loss = combine_losses(opts.method, terms, weights)
+    logs = {**make_logs(loss, loss_x, loss_u, loss_o, ratio, ood_ratio), **gt_counts}
+    if opts.prev is not None:
+        logs["loss_prev"] = float(loss_p.detach()) if loss_p is not None else 0.0
+    return loss, logs
+
+
+def weak_forward(model: nn.Module, batch: dict[str, Tensor], has_ood: bool) -> tuple[Tensor, WeakPass]:
+    """Steps 1-4; returns L_x and what the unlabeled terms need."""
+    x, y = batch["x"], batch["y"]
     b_x, b_u = x.shape[0], batch["u_w"].shape[0]
-    has_ood = method == "semiovs" and "o_w" in batch and batch["o_w"].shape[0] > 0
     b_o = batch["o_w"].shape[0] if has_ood else 0
     u_s1, u_s2, o_s1, o_s2, pair = mix_strong_views(batch, b_o)
+    partner = None
     if b_u:  # 3. Partner labels from the eval-mode model.
         partner = pseudo_targets(eval_forward(model, batch["m_w"]), batch["ign_m"])
 
@@ -136,39 +175,44 @@ def train_step(
     _, p_uw_fp, p_ow_fp = preds_fp.split(sizes)
     loss_x = supervised_ce(p_x, y)
     weak = pseudo_targets(p_uw, batch["ign_u"])
+    return loss_x, WeakPass((u_s1, u_s2), (o_s1, o_s2), pair, partner, weak, p_uw_fp, p_ow, p_ow_fp)
 
-    loss_u, ratio, loss_p = zero, 0.0, None
-    if b_u:  # 5a. ID strong views.
-        p_us1, p_us2 = model(torch.cat([u_s1, u_s2])).chunk(2)
-        loss_u = unimatch_unlabeled_loss(p_us1, p_us2, p_uw_fp, weak, partner, batch["box1"], batch["box2"], tau)
-        ratio = mask_ratio(weak, tau)
-        if prev is not None and prev.models:  # 6. past models' labels on the same ID outputs
-            loss_p = prev_loss(prev, batch, p_us1, p_us2, p_uw_fp)
 
-    loss_o, ood_ratio, gt_counts = zero, 0.0, {}
-    if has_ood:  # 5b. OOD strong views.
-        p_os1, p_os2 = model(torch.cat([o_s1, o_s2])).chunk(2)
-        if ood_label_source == "teacher":
-            ood = ood_label_targets(batch["y_o"], batch["ign_o"], batch.get("c_o"))
-        else:  # naive baseline: the student labels the OOD stream itself, thresholded by tau in the loss
-            ood = pseudo_targets(p_ow, batch["ign_o"])
-        if b_u:
-            box1, box2 = batch["box1"][pair], batch["box2"][pair]
-            loss_o = semiovs_ood_loss(p_os1, p_os2, p_ow_fp, ood, weak.select(pair), box1, box2, tau)
-        else:  # no ID image to paste from: the OOD strong views stayed unmixed
-            no_box = torch.zeros_like(ood.ignore, dtype=torch.bool)
-            loss_o = semiovs_ood_loss(p_os1, p_os2, p_ow_fp, ood, ood, no_box, no_box, tau)
-        ood_ratio = mask_ratio(ood, tau)
-        if "gt_o" in batch:  # the pixels the weak-view loss term trains on, checked against ground truth
-            used = (ood.conf >= tau) & (ood.ignore != 255)
-            gt_counts = label_agreement_counts(ood.label, used, batch["gt_o"])
+def id_terms(
+    model: nn.Module, batch: dict[str, Tensor], state: WeakPass, opts: StepOptions
+) -> tuple[Tensor, float, Tensor | None]:
+    """5a. ID strong views: L_u, the mask ratio, and L_prev (step 6) when past models guide the step."""
+    p_us1, p_us2 = model(torch.cat(state.u_strong)).chunk(2)
+    logits = ViewLogits(p_us1, p_us2, state.p_uw_fp)
+    loss_u = id_stream_loss(logits, state.weak, state.partner, (batch["box1"], batch["box2"]), opts.tau)
+    ratio = mask_ratio(state.weak, opts.tau)
+    loss_p = None
+    if opts.prev is not None and opts.prev.models:  # 6. past models' labels on the same ID outputs
+        loss_p = prev_loss(opts.prev, batch, p_us1, p_us2, state.p_uw_fp)
+    return loss_u, ratio, loss_p
 
-    loss = combine_losses(method, loss_x, loss_u, loss_o, lambda_ood, has_id=b_u > 0, has_ood=has_ood,
-                          loss_prev=loss_p, lambda_prev=prev.weight if prev is not None else 0.0)
-    logs = {**make_logs(loss, loss_x, loss_u, loss_o, ratio, ood_ratio), **gt_counts}
-    if prev is not None:
-        logs["loss_prev"] = float(loss_p.detach()) if loss_p is not None else 0.0
-    return loss, logs
+
+def ood_terms(
+    model: nn.Module, batch: dict[str, Tensor], state: WeakPass, opts: StepOptions
+) -> tuple[Tensor, float, dict[str, float]]:
+    """5b. OOD strong views: L_o, the OOD confidence ratio, and the ground-truth pixel counts (with gt_o)."""
+    p_os1, p_os2 = model(torch.cat(state.o_strong)).chunk(2)
+    if opts.ood_label_source == "teacher":
+        ood = ood_label_targets(batch["y_o"], batch["ign_o"], batch.get("c_o"))
+    else:  # naive baseline: the student labels the OOD stream itself, thresholded by tau in the loss
+        ood = pseudo_targets(state.p_ow, batch["ign_o"])
+    logits = ViewLogits(p_os1, p_os2, state.p_ow_fp)
+    if batch["u_w"].shape[0]:
+        boxes = (batch["box1"][state.pair], batch["box2"][state.pair])
+        loss_o = ood_stream_loss(logits, ood, state.weak.select(state.pair), boxes, opts.tau)
+    else:  # no ID image to paste from: the OOD strong views stayed unmixed
+        no_box = torch.zeros_like(ood.ignore, dtype=torch.bool)
+        loss_o = ood_stream_loss(logits, ood, ood, (no_box, no_box), opts.tau)
+    gt_counts = {}
+    if "gt_o" in batch:  # the pixels the weak-view loss term trains on, checked against ground truth
+        used = (ood.conf >= opts.tau) & (ood.ignore != 255)
+        gt_counts = label_agreement_counts(ood.label, used, batch["gt_o"])
+    return loss_o, mask_ratio(ood, opts.tau), gt_counts
 
 
 def make_logs(

@@ -6,28 +6,29 @@ Where the OOD corpus has ground truth, the OOD batch also carries it (`gt_o`), o
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import torch
 
+from orchestrator.core.masks import IGNORE
 from trainables import augment
 
 ID_UNLABELED_FILL = 254  # crop padding of ID unlabeled masks (the paper marks it, then ignores it)
-IGNORE = 255
 
 
 @lru_cache(maxsize=16384)
 def load_image_cached(path: str) -> np.ndarray:
-    from orchestrator.data.voc import load_image
+    from orchestrator.core.images import load_image
 
     return load_image(path)
 
 
 @lru_cache(maxsize=16384)
 def load_mask_cached(path: str) -> np.ndarray:
-    from orchestrator.data.voc import load_mask
+    from orchestrator.core.images import load_mask
 
     return load_mask(path)
 
@@ -49,22 +50,33 @@ class OODLabels:
     table: dict[str, tuple[bytes, bytes]]
     thresh: float
 
-    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        from orchestrator.label_cache import apply_threshold, decode_png
+    def get(self, image_id: str) -> np.ndarray:
+        from orchestrator.core.label_format import apply_threshold
+        from orchestrator.core.masks import decode_png
 
         label_png, conf_png = self.table[image_id]
-        conf = decode_png(conf_png)
-        return apply_threshold(decode_png(label_png), conf, self.thresh), conf
+        if self.thresh <= 0:   # nothing to cut: the confidence plane is not even decoded
+            return decode_png(label_png)
+        return apply_threshold(decode_png(label_png), decode_png(conf_png), self.thresh)
+
+
+@dataclass(frozen=True)
+class StreamFiles:
+    """The files of one worker's three streams (its shard of the unlabeled and OOD ones)."""
+    labeled: Sequence[tuple[str, str | None]]
+    unlabeled: Sequence[tuple[str, str | None]] = ()
+    ood: Sequence[tuple[str, str]] = ()             # (image_id, path)
+    ood_masks: Sequence[str | None] = ()             # OOD ground truth parallel to `ood` (None = no mask)
 
 
 class StreamSampler:
-    def __init__(self, *, labeled, unlabeled, ood, ood_labels: OODLabels | None, crop: int,
-                 seed: int, broken: BrokenSamples, max_broken_share: float, ood_masks=()):
-        self.labeled = list(labeled)
-        self.unlabeled = list(unlabeled)
-        self.ood = list(ood)                     # (image_id, path)
-        # ground truth of OOD images, by image id (ood_masks runs parallel to ood; None = no mask)
-        self.ood_truth = {image_id: mask for (image_id, _), mask in zip(self.ood, ood_masks) if mask}
+    def __init__(self, files: StreamFiles, *, ood_labels: OODLabels | None, crop: int, seed: int,
+                 broken: BrokenSamples, max_broken_share: float):
+        self.labeled = list(files.labeled)
+        self.unlabeled = list(files.unlabeled)
+        self.ood = list(files.ood)
+        # ground truth of OOD images, by image id (only measured against, never trained on)
+        self.ood_truth = {image_id: mask for (image_id, _), mask in zip(self.ood, files.ood_masks) if mask}
         self.ood_labels = ood_labels
         self.crop = crop
         self.rng = np.random.default_rng(seed)
@@ -75,8 +87,8 @@ class StreamSampler:
 
     def _draw(self, items: list, read):
         """Read a random item, skipping (and recording) broken ones."""
-        from orchestrator.data.voc import SampleError
-        from orchestrator.errors import UserError
+        from orchestrator.core.images import SampleError
+        from orchestrator.core.errors import UserError
 
         while True:
             item = items[int(self.rng.integers(len(items)))]
@@ -124,8 +136,7 @@ class StreamSampler:
             if self.ood_labels is None:  # student labels it itself; only padding is marked
                 return augment.unlabeled_views(image, np.zeros(image.shape[:2], np.uint8), self.crop, IGNORE,
                                                self.rng, gt=gt)
-            label, conf = self.ood_labels.get(image_id)
-            return augment.unlabeled_views(image, label, self.crop, IGNORE, self.rng, conf=conf, gt=gt)
+            return augment.unlabeled_views(image, self.ood_labels.get(image_id), self.crop, IGNORE, self.rng, gt=gt)
 
         views = [self._draw(self.ood, read) for _ in range(n)]
         size = (self.crop, self.crop)
@@ -141,7 +152,7 @@ class StreamSampler:
     def _ood_truth(self, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
         """The image's ground-truth mask; all 255 (none) when it has none or it cannot be used. It is only
         measured against, so an unreadable mask must not drop a training sample."""
-        from orchestrator.data.voc import SampleError
+        from orchestrator.core.images import SampleError
 
         if not self.ood_truth:
             return None

@@ -2,38 +2,45 @@
 
 Read top to bottom: `train_loop_per_worker` (Ray Train's entry point) → `run_training` → `train_one_epoch`
 and `evaluate`. One checkpoint dict per epoch (model, optimizer, epoch, step, best, resolved config, and with
-`train.prevmatch` the past models), saved by rank 0; a restarted worker group or a resumed trial continues from it.
+`train.prevmatch` the past models), saved by rank 0; a restarted worker group or a resumed trial continues from
+it. Each epoch reports numbers only; rank 0 writes the epoch's pictures as files (trainables.pictures).
 """
 from __future__ import annotations
 
 import math
+import sys
 import time
-from pathlib import Path
 from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from orchestrator.config import ExperimentConfig, config_from_flat
-from orchestrator.label_cache import LabelStore, read_label_table
+from orchestrator.core.config import ExperimentConfig, flatten
+from orchestrator.core.label_format import read_label_table
 from trainables.distributed import WorkerContext, make_context
+from trainables.inputs import TrialInput
 from trainables.metrics import OOD_GT_COUNTS, ConfusionMatrix, label_agreement
+from trainables.mixing import plan_ood_counts
 from trainables.models import build_student
 from trainables.optim import apply_poly_lr, build_optimizer, unwrap
 from trainables.prevmatch import (PrevGuidance, make_generator, restore_snapshots, snapshot_states,
                                   triangle_weight, update_snapshots)
-from trainables.recipe import train_step
-from trainables.streams import BrokenSamples, OODLabels, StreamSampler, load_image_cached, load_mask_cached
+from trainables.recipe import StepOptions, run_step
+from trainables.streams import (BrokenSamples, OODLabels, StreamFiles, StreamSampler, load_image_cached,
+                               load_mask_cached)
 
 EVAL_BATCH = 32
+BROKEN_LIST = "broken_samples.txt"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. loop_config: config (flat), data (lists of paths), mode, optional on_report."""
-    cfg = config_from_flat(loop_config["config"], "trial config")
-    ctx = make_context(loop_config["mode"], cfg.resources.gpus_per_worker, loop_config.get("on_report"))
-    run_training(cfg, loop_config["config"], loop_config["data"], ctx)
+    """Ray Train entry point. loop_config: `trial` (a TrialInput), optional `on_report` (local mode)."""
+    trial: TrialInput = loop_config["trial"]
+    ctx = make_context(trial.mode, trial.config.resources.gpus_per_worker, loop_config.get("on_report"))
+    run_training(trial, ctx)
 
 
 def unlabeled_sizes(cfg: ExperimentConfig) -> tuple[int, int]:
@@ -51,91 +58,130 @@ def ood_counts(cfg: ExperimentConfig, steps: int, seed: int) -> np.ndarray:
     _, total = unlabeled_sizes(cfg)
     if not cfg.uses_ood or total == 0:
         return np.zeros(steps, dtype=int)
-    from orchestrator.data.mixing import plan_ood_counts
-
     return np.asarray(plan_ood_counts(total, cfg.ood.ratio, steps, seed), dtype=int)
 
 
-def run_training(cfg: ExperimentConfig, flat: dict[str, Any], data: dict[str, Any], ctx: WorkerContext) -> None:
+@dataclass
+class RunState:
+    """What a checkpoint carries forward besides the weights."""
+    epoch: int = 0
+    step: int = 0
+    best: float = 0.0
+    snapshots: list = field(default_factory=list)   # PrevMatch: frozen past best models
+    new_best: bool = False                          # did the last epoch set a new best?
+
+
+@dataclass
+class EpochRunner:
+    """Everything one epoch of training uses, built once per run."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: StreamSampler
+    cfg: ExperimentConfig
+    ctx: WorkerContext
+    ood_counts: np.ndarray   # OOD images per global step
+    iters: int               # steps per epoch
+    total: int               # steps of the whole run (the poly schedule's horizon)
+    amp: bool
+
+
+def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
+    cfg = trial.config
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     seed = cfg.seed * 1000 + ctx.rank
     torch.manual_seed(seed)
-    class_names = data["class_names"]
-    model = build_student(cfg.model.arch, len(class_names), width=cfg.model.width,
+    model = build_student(cfg.model.arch, len(trial.class_names), width=cfg.model.width,
                           fp_dropout=cfg.model.fp_dropout, pretrained_backbone=cfg.model.pretrained_backbone)
     model = ctx.prepare_model(model, cfg.train.sync_bn)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.lr_multi, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     amp = cfg.train.amp and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    epoch, step, best = 0, 0, 0.0
-    snapshots, new_best = [], False   # PrevMatch: frozen past best models; did the last epoch set a new best?
-    state = ctx.latest_checkpoint()
-    if state is not None:
-        check_resumable(state["config"], flat)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, step, best = state["epoch"], state["step"], state["best_val_miou"]
-        snapshots = restore_snapshots(state.get("prev_models", []), unwrap(model))
-        new_best = state.get("prev_new_best", False)
+    flat = flatten(cfg)
+    state = restore_state(ctx, flat, model, optimizer)
 
     broken = BrokenSamples()
-    sampler = make_sampler(cfg, data, ctx, seed + 7919 * epoch, broken)
+    sampler = make_sampler(trial, ctx, seed + 7919 * state.epoch, broken)
     iters = steps_per_epoch(cfg, sampler)
     total = iters * cfg.train.epochs
-    counts = ood_counts(cfg, total, cfg.seed)
-    prev_rng = make_generator(seed + 7919 * epoch)   # PrevMatch draws; reseeded on resume like the sampler
-
-    resumed_from = epoch
-    while epoch < cfg.train.epochs:
+    runner = EpochRunner(model, optimizer, torch.amp.GradScaler("cuda", enabled=amp), sampler, cfg, ctx,
+                         ood_counts(cfg, total, cfg.seed), iters, total, amp)
+    prev_rng = make_generator(seed + 7919 * state.epoch)   # PrevMatch draws; reseeded on resume like the sampler
+    resumed_from = state.epoch
+    while state.epoch < cfg.train.epochs:
         started = time.time()
         guide = None
-        if cfg.train.prevmatch:  # the model that ended a best epoch joins the past models (method.md §3b)
-            snapshots = update_snapshots(snapshots, unwrap(model), new_best, cfg.train.prev_max_models)
-            guide = PrevGuidance(snapshots, prev_rng, triangle_weight(epoch, cfg.train.epochs),
+        if cfg.train.prevmatch:  # the model that ended a best epoch joins the past models (docs/method.md §5)
+            state.snapshots = update_snapshots(state.snapshots, unwrap(model), state.new_best,
+                                               cfg.train.prev_max_models)
+            guide = PrevGuidance(state.snapshots, prev_rng, triangle_weight(state.epoch, cfg.train.epochs),
                                  cfg.train.prev_max_k, cfg.train.prev_thresh)
-        logs = train_one_epoch(model, optimizer, scaler, sampler, cfg, ctx, counts, step, iters, total, amp,
-                               prev=guide)
+        logs = train_one_epoch(runner, state.step, prev=guide)
         logs["train_seconds"] = time.time() - started
-        if "launched_at" in data and epoch == resumed_from:   # trainer built → first training step
-            logs["startup_seconds"] = started - data["launched_at"]
-        step += iters
-        epoch += 1
-        ev = evaluate(unwrap(model), data["val"][ctx.rank::ctx.world_size], len(class_names), ctx,
+        if trial.launched_at and state.epoch == resumed_from:   # trainer built → first training step
+            logs["startup_seconds"] = started - trial.launched_at
+        state.step += iters
+        state.epoch += 1
+        ev = evaluate(unwrap(model), list(trial.val[ctx.rank::ctx.world_size]), len(trial.class_names), ctx,
                       keep=cfg.train.overlay_images if ctx.is_main else 0)
-        ious, miou = ev.ious, ev.miou
-        pictures = eval_pictures(ev, class_names)
-        new_best = math.isfinite(miou) and miou > best
-        best = max(best, miou if math.isfinite(miou) else 0.0)
-        metrics = {"epoch": epoch, "val_miou": miou, "best_val_miou": best, **logs,
-                   "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": step,
+        state.new_best = math.isfinite(ev.miou) and ev.miou > state.best
+        state.best = max(state.best, ev.miou if math.isfinite(ev.miou) else 0.0)
+        metrics = {"epoch": state.epoch, "val_miou": ev.miou, "best_val_miou": state.best, **logs,
+                   "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": state.step,
                    "resumed_from_epoch": resumed_from}
-        metrics.update({f"val_iou.{name}": v for name, v in zip(class_names, ious) if math.isfinite(v)})
-        metrics.update(pictures)
-        checkpoint = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                      "step": step, "best_val_miou": best, "config": flat} if ctx.is_main else None
-        if checkpoint is not None and cfg.train.prevmatch:
-            # Costly: every snapshot is a full set of weights, so a checkpoint grows to (1 + prev_max_models)
-            # models, e.g. ~9 × 240 MB for DeepLabV3+ R101 (and Tune keeps two checkpoints per trial).
-            checkpoint.update(prev_models=snapshot_states(snapshots), prev_new_best=new_best)
-        if ctx.is_main and broken.paths:
-            metrics["broken_sample_list"] = sorted(broken.paths)[:100]
-        ctx.report(metrics, checkpoint)
+        metrics.update({f"val_iou.{name}": v for name, v in zip(trial.class_names, ev.ious) if math.isfinite(v)})
+        if ctx.is_main:
+            try:
+                write_epoch_files(trial, state.epoch, ev, broken)
+            except Exception as err:  # a picture that cannot be drawn or written must not stop training
+                print(f"warning: no evaluation pictures for epoch {state.epoch}: {err!r}", file=sys.stderr, flush=True)
+        ctx.report(metrics, checkpoint_dict(runner, state, flat) if ctx.is_main else None)
 
 
-def make_sampler(cfg: ExperimentConfig, data: dict[str, Any], ctx: WorkerContext, seed: int,
-                 broken: BrokenSamples) -> StreamSampler:
+def restore_state(ctx: WorkerContext, flat: dict[str, Any], model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer) -> RunState:
+    """Load the run's latest checkpoint into model and optimizer (after a worker failure or a resume)."""
+    saved = ctx.latest_checkpoint()
+    if saved is None:
+        return RunState()
+    check_resumable(saved["config"], flat)
+    unwrap(model).load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    return RunState(saved["epoch"], saved["step"], saved["best_val_miou"],
+                    restore_snapshots(saved.get("prev_models", []), unwrap(model)), saved.get("prev_new_best", False))
+
+
+def checkpoint_dict(runner: EpochRunner, state: RunState, flat: dict[str, Any]) -> dict[str, Any]:
+    checkpoint = {"model": unwrap(runner.model).state_dict(), "optimizer": runner.optimizer.state_dict(),
+                  "epoch": state.epoch, "step": state.step, "best_val_miou": state.best, "config": flat}
+    if runner.cfg.train.prevmatch:
+        # Costly: every snapshot is a full set of weights, so a checkpoint grows to (1 + prev_max_models)
+        # models, e.g. ~9 × 240 MB for DeepLabV3+ R101 (and Tune keeps two checkpoints per trial).
+        checkpoint.update(prev_models=snapshot_states(state.snapshots), prev_new_best=state.new_best)
+    return checkpoint
+
+
+def write_epoch_files(trial: TrialInput, epoch: int, ev: "Evaluation", broken: BrokenSamples) -> None:
+    """Rank 0: the epoch's pictures, and the unreadable samples seen so far, as files the driver logs."""
+    if not trial.files_dir:
+        return
+    from trainables.pictures import write_atomically, write_epoch_pictures
+
+    write_epoch_pictures(trial.files_dir, epoch, ev.confusion, trial.class_names, ev.samples)
+    if broken.paths:
+        text = "\n".join(sorted(broken.paths)) + "\n"   # one path a line (the run's metric counts them)
+        write_atomically(Path(trial.files_dir) / BROKEN_LIST, text.encode())
+
+
+def make_sampler(trial: TrialInput, ctx: WorkerContext, seed: int, broken: BrokenSamples) -> StreamSampler:
     """This worker's streams: all labeled images, its shard of the ID unlabeled and OOD images."""
-    ood_labels = None
-    if data.get("label_store"):
-        table = read_label_table(LabelStore(Path(data["label_store"])))
-        ood_labels = OODLabels(table, cfg.ood.teacher_thresh)
-    return StreamSampler(
-        labeled=data["labeled"], unlabeled=data["unlabeled"][ctx.rank::ctx.world_size],
-        ood=data["ood"][ctx.rank::ctx.world_size], ood_labels=ood_labels, crop=cfg.data.crop_size,
-        seed=seed, broken=broken, max_broken_share=cfg.data.max_broken_share,
-        ood_masks=data.get("ood_masks", [])[ctx.rank::ctx.world_size])
+    cfg = trial.config
+    ood_labels = OODLabels(read_label_table(trial.label_store), cfg.ood.teacher_thresh) if trial.label_store \
+        else None
+    shard = slice(ctx.rank, None, ctx.world_size)
+    files = StreamFiles(trial.labeled, trial.unlabeled[shard], trial.ood[shard], trial.ood_masks[shard])
+    return StreamSampler(files, ood_labels=ood_labels, crop=cfg.data.crop_size, seed=seed, broken=broken,
+                         max_broken_share=cfg.data.max_broken_share)
 
 
 def steps_per_epoch(cfg: ExperimentConfig, sampler: StreamSampler) -> int:
@@ -158,38 +204,37 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
                          f"start a new run (another --name) instead of resuming this one")
 
 
-def train_one_epoch(model, optimizer, scaler, sampler: StreamSampler, cfg: ExperimentConfig, ctx: WorkerContext,
-                    counts: np.ndarray, first_step: int, iters: int, total: int, amp: bool,
-                    prev: PrevGuidance | None = None) -> dict[str, float]:
+def train_one_epoch(run: EpochRunner, first_step: int, prev: PrevGuidance | None = None) -> dict[str, float]:
+    cfg, model, optimizer = run.cfg, run.model, run.optimizer
     model.train()
     sums: dict[str, float] = defaultdict(float)
     n_id, n_total = unlabeled_sizes(cfg)
+    opts = StepOptions(cfg.train.method, tau=cfg.train.conf_thresh, lambda_ood=cfg.train.lambda_ood,
+                       ood_label_source=cfg.ood.label_source, prev=prev)
     lr = cfg.train.lr
-    for i in range(iters):
+    for i in range(run.iters):
         step = first_step + i
-        lr = apply_poly_lr(optimizer, cfg.train.lr, step, total)
-        batch = sampler.labeled_batch(cfg.train.batch_size)
+        lr = apply_poly_lr(optimizer, cfg.train.lr, step, run.total)
+        batch = run.sampler.labeled_batch(cfg.train.batch_size)
         if cfg.train.method != "supervised":
-            n_ood = int(counts[step]) if cfg.uses_ood else 0
+            n_ood = int(run.ood_counts[step]) if cfg.uses_ood else 0
             n_u = n_total - n_ood if cfg.uses_ood else n_id
-            batch.update(sampler.unlabeled_batch(n_u, "u"))
-            batch.update(sampler.unlabeled_batch(n_u, "m"))
+            batch.update(run.sampler.unlabeled_batch(n_u, "u"))
+            batch.update(run.sampler.unlabeled_batch(n_u, "m"))
             if cfg.uses_ood:
-                batch.update(sampler.ood_batch(n_ood))
-        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(ctx.device.type, enabled=amp):
-            loss, logs = train_step(model, cfg.train.method, batch, tau=cfg.train.conf_thresh,
-                                    lambda_ood=cfg.train.lambda_ood, ood_label_source=cfg.ood.label_source,
-                                    prev=prev)
+                batch.update(run.sampler.ood_batch(n_ood))
+        batch = {k: v.to(run.ctx.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(run.ctx.device.type, enabled=run.amp):
+            loss, logs = run_step(model, batch, opts)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        run.scaler.scale(loss).backward()
+        run.scaler.step(optimizer)
+        run.scaler.update()
         for key, value in logs.items():
             sums[key] += value
     # OOD label agreement: pixel counts pooled over the epoch's steps (steps without OOD images add nothing)
     pooled = [sums.pop(key, 0.0) for key in OOD_GT_COUNTS]
-    out = {key: value / iters for key, value in sums.items()}
+    out = {key: value / run.iters for key, value in sums.items()}
     out.update(label_agreement(*pooled))
     out["lr"] = lr
     if prev is not None:
@@ -209,12 +254,11 @@ def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerCon
 
     The predictions of the first `keep` images of `val` (fixed across epochs) are kept for the overlays.
     """
+    from orchestrator.core.images import SampleError
     from trainables.augment import to_tensor_normalized
 
     model.eval()
     matrix = ConfusionMatrix(num_classes)
-    from orchestrator.data.voc import SampleError
-
     by_size: dict[tuple, list] = defaultdict(list)
     for index, (image_path, mask_path) in enumerate(val):
         try:
@@ -237,15 +281,3 @@ def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerCon
         matrix.reduce_from_all_processes()
     model.train()
     return Evaluation(*matrix.compute(), matrix.as_lists(), [kept[i] for i in sorted(kept)])
-
-
-def eval_pictures(ev: Evaluation, class_names: list[str]) -> dict[str, Any]:
-    """The report's non-metric part, drawn into MLflow artifacts by the driver: the confusion matrix, and
-    the overlay grid (rendered here, from predictions evaluate() already made, so only PNG bytes travel)."""
-    from orchestrator import eval_artifacts
-
-    out: dict[str, Any] = {eval_artifacts.MATRIX_KEY: ev.confusion, eval_artifacts.CLASSES_KEY: list(class_names)}
-    if ev.samples:
-        png = eval_artifacts.overlay_grid_png(*zip(*ev.samples))
-        out[eval_artifacts.OVERLAY_KEY] = eval_artifacts.encode_png(png)
-    return out

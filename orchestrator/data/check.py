@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.data.voc import (IGNORE_INDEX, IMAGE_EXTENSIONS, DatasetError, SampleError, SegDataset,
-                                   load_image, load_mask, load_vocabulary, read_split_file)
+from orchestrator.core.images import SampleError, load_image, load_mask
+from orchestrator.core.masks import IGNORE
+from orchestrator.data.voc import IMAGE_EXTENSIONS, DatasetError, SegDataset, load_vocabulary, read_split_file
 
 KINDS = ("missing", "unreadable", "size_mismatch", "bad_label", "duplicate")
 
@@ -69,11 +70,11 @@ def _check_pair(image: Path, mask: Path | None, num_classes: int) -> list[Proble
                                 f"mask is {lab.shape[1]}x{lab.shape[0]} but image {image.name} is "
                                 f"{img.shape[1]}x{img.shape[0]} (width x height)"))
     values = np.unique(lab)
-    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    bad = values[(values >= num_classes) & (values != IGNORE)]
     if bad.size:
         problems.append(Problem(str(mask), "bad_label",
                                 f"label values {bad.tolist()} are outside 0..{num_classes - 1} and not "
-                                f"{IGNORE_INDEX} (ignore); is the vocabulary (classes.json) the one these masks use?"))
+                                f"{IGNORE} (ignore); is the vocabulary (classes.json) the one these masks use?"))
     return problems
 
 

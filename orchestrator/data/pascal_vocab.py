@@ -1,4 +1,4 @@
-"""Pascal VOC's vocabulary as SemiOVS prompts it (method.md §2): 21 classes with synonym lists, plus 151
+"""Pascal VOC's vocabulary as SemiOVS prompts it (docs/method.md §6): 21 classes with synonym lists, plus 151
 background concepts (the 60 COCO things outside VOC, then the 91 COCO-Stuff stuff classes) whose scores vote
 for class 0. Used when a dataset root has no `classes.json` (real VOC as downloaded).
 
@@ -7,7 +7,7 @@ spelling differences to the paper's prompts are possible (the set is the same).
 """
 from __future__ import annotations
 
-from orchestrator.vocab import ClassConcepts, Vocabulary
+from orchestrator.core.vocab import ClassConcepts, Vocabulary
 
 _VOC_CLASSES: tuple[tuple[str, ...], ...] = (
     ("background",),

@@ -1,6 +1,6 @@
 """Drawing for the `shapes` benchmark: one scene -> (RGB image, label map). Pure: numpy + PIL, no file I/O.
 
-Why it looks the way it does (see DESIGN.md, "The embedded default"):
+Why it looks the way it does (docs/method.md §8):
 - *Shape must matter, colour must not suffice*: each class has a preferred hue that 80% of its objects use,
   and every distractor borrows the hue of the target class it resembles (ellipse ~ disk, rectangle ~ square,
   trapezoid ~ triangle, star ~ cross, crescent ~ ring). A student taught by few labels leans on colour and
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from orchestrator.core.masks import IGNORE
+
 SUPERSAMPLE = 4
-IGNORE = 255
 
 # Shape kind per label id (source vocabulary order; id 0 = background). Targets first, then distractors.
 KINDS: tuple[str, ...] = (

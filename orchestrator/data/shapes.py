@@ -1,6 +1,6 @@
 """The embedded `shapes` benchmark: a generated ID domain, an OOD domain and a labelled source corpus.
 
-Nothing can be downloaded at run time, so the default data is drawn (see DESIGN.md, "The embedded default").
+Nothing can be downloaded at run time, so the default data is drawn (docs/method.md §8).
 The OOD domain differs from the ID domain mainly in *content* (distractor classes that look like target
 classes, more clutter, a wider scale range, other class frequencies) and only mildly in style (`style_shift`):
 measured, alien style makes OOD images hurt even with perfect labels, which would hide the paper's effect.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import ID_CLASS_PRIORS
+from orchestrator.core.config import ID_CLASS_PRIORS, DataConfig
 from orchestrator.data import render
 from orchestrator.data.voc import DatasetError, mask_to_image, write_split_file
-from orchestrator.vocab import ClassConcepts, Vocabulary
+from orchestrator.core.vocab import ClassConcepts, Vocabulary
 
 GENERATOR_VERSION = 3  # bump when the drawing changes, so cached datasets are regenerated
 JPEG_QUALITY = 95
@@ -62,16 +62,17 @@ _MAX_COUNT = 100_000  # ids are 5 digits
 class ShapesSpec:
     """Everything that determines a generated `shapes` dataset (and its cache folder name)."""
 
-    image_size: int = 64
-    num_train: int = 2000
-    num_val: int = 300
-    num_ood: int = 4000
-    num_source: int = 2000
+    # defaults are the config's (orchestrator.core.config.DataConfig): one place for them
+    image_size: int = DataConfig.image_size
+    num_train: int = DataConfig.num_train
+    num_val: int = DataConfig.num_val
+    num_ood: int = DataConfig.num_ood
+    num_source: int = DataConfig.num_source
     splits: tuple[int, ...] = (8, 16, 32, 64, 128)
-    distractor_share: float = 0.5  # share of OOD objects that are distractors
-    style_shift: float = 0.2       # 0 = OOD style identical to ID, 1 = strongly different low-level style
-    seed: int = 0
-    id_class_prior: str = "skewed"  # ID class frequencies: skewed (a rare class, as in VOC) or uniform
+    distractor_share: float = DataConfig.distractor_share  # share of OOD objects that are distractors
+    style_shift: float = DataConfig.style_shift  # 0 = OOD style identical to ID, 1 = strongly different style
+    seed: int = DataConfig.seed
+    id_class_prior: str = DataConfig.id_class_prior  # skewed (a rare class, as in VOC) or uniform
 
     def __post_init__(self):
         def need(ok: bool, field: str, allowed: str) -> None:
@@ -99,7 +100,7 @@ class ShapesSpec:
 
     def to_dict(self) -> dict:
         out = {**dataclasses.asdict(self), "splits": list(self.splits)}
-        if self.id_class_prior == "skewed":  # the knob came later: specs without it keep their digest (and cache)
+        if self.id_class_prior == "skewed":  # the default is left out: such specs keep their digest (and cache)
             del out["id_class_prior"]
         return out
 

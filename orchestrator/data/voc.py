@@ -7,7 +7,6 @@ this module, so a real dataset is a drop-in replacement for the embedded one.
 """
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,24 +14,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from orchestrator.errors import UserError
-from orchestrator.vocab import Vocabulary
+from orchestrator.core.errors import UserError
+from orchestrator.core.masks import voc_palette
+from orchestrator.core.vocab import Vocabulary
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-IGNORE_INDEX = 255
 SYNTH_HINT = "run `python run.py data synth` to generate the embedded `shapes` benchmark, or set data.root"
 
 
 class DatasetError(UserError):
     """A dataset root, split or list file is missing or malformed; the message names the path and the fix."""
-
-
-class SampleError(Exception):
-    """One image or mask cannot be read. Callers skip the sample and count it (never a whole-run failure)."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 # ---------------------------------------------------------------------------------------------- split files
@@ -62,56 +53,6 @@ def write_split_file(path: str | Path, pairs: list[tuple[str, str | None]]) -> N
 
 
 # ---------------------------------------------------------------------------------------------- images, masks
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode to uint8 HxWx3 RGB. EXIF orientation is NOT applied: masks are stored in raw pixel order (COCO, VOC)."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now, so truncation surfaces here and not later inside a worker
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise SampleError(path, "file does not exist") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise SampleError(path, f"cannot decode image ({e})") from None
-
-
-def load_mask(path: str | Path) -> np.ndarray:
-    """Decode an index ('L') or palette ('P') PNG to its uint8 HxW label indices (never the palette colours)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("P", "L"):
-                return np.asarray(im, dtype=np.uint8).copy()
-            if im.mode in ("I", "I;16", "I;16B", "I;16L"):
-                arr = np.asarray(im)
-                if arr.size and (arr.min() < 0 or arr.max() > 255):
-                    raise SampleError(path, f"{im.mode} mask has values outside 0..255")
-                return arr.astype(np.uint8)
-            raise SampleError(path, f"mask mode is {im.mode!r}; expected an index ('L') or palette ('P') PNG "
-                                    "(colour-coded RGB masks must be converted to class indices first)")
-    except FileNotFoundError:
-        raise SampleError(path, "file does not exist") from None
-    except SampleError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise SampleError(path, f"cannot decode mask ({e})") from None
-
-
-@functools.lru_cache(maxsize=1)
-def voc_palette() -> tuple[int, ...]:
-    """The standard Pascal VOC colour map (256 RGB triples, flattened): class k's colour from the bits of k."""
-    pal = []
-    for k in range(256):
-        r = g = b = 0
-        c = k
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return tuple(pal)
-
 
 def mask_to_image(mask: np.ndarray) -> Image.Image:
     """uint8 HxW label indices -> palette ('P') image with the VOC colours (how VOC and SemiOVS store labels)."""

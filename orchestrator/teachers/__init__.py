@@ -16,7 +16,7 @@ from orchestrator.teachers.spec import TEACHER_KINDS, TEMPLATE_SETS, TeacherSpec
 
 if TYPE_CHECKING:
     from orchestrator.teachers.base import DenseTeacher
-    from orchestrator.vocab import Vocabulary
+    from orchestrator.core.vocab import Vocabulary
 
 __all__ = ["TeacherSpec", "TEACHER_KINDS", "TEMPLATE_SETS", "build_teacher", "evaluate_teacher",
            "fit_textseg", "save_checkpoint", "FitConfig", "weights_digest_for"]

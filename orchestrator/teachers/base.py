@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from orchestrator.vocab import Vocabulary
+from orchestrator.core.vocab import Vocabulary
 
 # CLIP's pixel statistics; textseg uses them too so both teachers see the same input scale.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -45,22 +45,18 @@ class DenseTeacher:
     """Shared predict(): normalise, optionally resize to `resolution`, get class probabilities at the input size,
     then max/argmax. Subclasses implement `_class_probs(x, out_hw)` → (B, num_classes, H, W) probabilities."""
 
-    def __init__(self, vocab: Vocabulary, device: str, resolution: int, digest: str):
+    def __init__(self, vocab: Vocabulary, device: str, resolution: int):
         if vocab.num_classes > 255:
             raise ValueError(f"vocabulary has {vocab.num_classes} classes; uint8 labels hold at most 255 "
                              "(255 is the ignore value)")
         self.vocab = vocab
         self.device = torch.device(device)
         self.resolution = resolution
-        self._digest = digest
         self.mean, self.std = CLIP_MEAN, CLIP_STD  # a subclass may use its model's own statistics
 
     @property
     def num_classes(self) -> int:
         return self.vocab.num_classes
-
-    def weights_digest(self) -> str:
-        return self._digest
 
     def _class_probs(self, x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError

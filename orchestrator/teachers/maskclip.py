@@ -1,4 +1,4 @@
-"""MaskCLIP: training-free dense prediction from an open_clip ViT (method.md §6, term by term).
+"""MaskCLIP: training-free dense prediction from an open_clip ViT (docs/method.md §6).
 
 The last transformer block's attention is replaced by its value path (each patch token "attends" only to itself),
 keeping residual + FFN, so every patch token lands in CLIP's joint image-text space; ln_post and proj then map it
@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from orchestrator.teachers.base import CLIP_MEAN, CLIP_STD, DenseTeacher, weights_digest_for
+from orchestrator.teachers.base import CLIP_MEAN, CLIP_STD, DenseTeacher
 from orchestrator.teachers.prompts import concepts_to_classes, embed_concepts, get_templates, vocab_concepts
 from orchestrator.teachers.spec import TeacherSpec
-from orchestrator.vocab import Vocabulary
+from orchestrator.core.vocab import Vocabulary
 
 LOGIT_SCALE = 100.0  # CLIP's trained temperature; fixed so random-weight tests and real weights behave alike
 
@@ -83,14 +84,24 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
+@dataclass(frozen=True)
+class ConceptEmbeddings:
+    """The vocabulary's concepts in CLIP's joint space (K, C) and the class each one votes for (K,)."""
+
+    embeddings: torch.Tensor
+    owners: torch.Tensor
+
+
 class MaskClipTeacher(DenseTeacher):
-    def __init__(self, visual: nn.Module, text_emb: torch.Tensor, owners: torch.Tensor, vocab: Vocabulary,
-                 spec: TeacherSpec, digest: str, mean: tuple, std: tuple):
-        super().__init__(vocab, spec.device, spec.resolution, digest)
+    def __init__(self, visual: nn.Module, concepts: ConceptEmbeddings, vocab: Vocabulary, spec: TeacherSpec,
+                 pixel_stats: tuple[tuple, tuple]):
+        """`pixel_stats`: the (mean, std) the model's input pixels are normalised with."""
+        super().__init__(vocab, spec.device, spec.resolution)
         self.visual = visual.to(self.device).eval()
-        self.text_emb = text_emb.to(self.device)
-        self.owners = owners.to(self.device)
+        self.text_emb = concepts.embeddings.to(self.device)
+        self.owners = concepts.owners.to(self.device)
         self.sliding_window = spec.sliding_window
+        mean, std = pixel_stats
         self.mean, self.std = tuple(mean), tuple(std)
         self.crop = tuple(visual.image_size)  # the model's native input size (sliding-window crop)
 
@@ -165,6 +176,5 @@ def load_maskclip(spec: TeacherSpec, vocab: Vocabulary) -> MaskClipTeacher:
         text_emb = embed_concepts(model.encode_text, open_clip.get_tokenizer(arch), concepts,
                                   get_templates(spec.templates), device)
     pp = open_clip.get_model_preprocess_cfg(model)
-    return MaskClipTeacher(model.visual, text_emb, torch.tensor(owners, dtype=torch.long), vocab, spec,
-                           weights_digest_for(spec.pretrained, arch), pp.get("mean", CLIP_MEAN),
-                           pp.get("std", CLIP_STD))
+    return MaskClipTeacher(model.visual, ConceptEmbeddings(text_emb, torch.tensor(owners, dtype=torch.long)), vocab,
+                           spec, (pp.get("mean", CLIP_MEAN), pp.get("std", CLIP_STD)))

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from orchestrator.vocab import Vocabulary
+from orchestrator.core.vocab import Vocabulary
 
 Template = Callable[[str], str]
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TEACHER_KINDS = ("textseg", "maskclip")
-TEMPLATE_SETS = ("single", "imagenet80")
+from orchestrator.core.config import TEACHER_KINDS, TEMPLATE_SETS
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,20 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from orchestrator.teachers.base import DenseTeacher, file_sha256
+from orchestrator.teachers.base import DenseTeacher
 from orchestrator.teachers.prompts import embed_concepts, get_templates, vocab_concepts
 from orchestrator.teachers.textseg_fit import CHECKPOINT_FORMAT
 from orchestrator.teachers.textseg_model import TextSegNet, TextTowerCfg, build_text_tower
 from orchestrator.teachers.spec import TeacherSpec
-from orchestrator.vocab import Vocabulary
+from orchestrator.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
 
 class TextSegTeacher(DenseTeacher):
     def __init__(self, net: TextSegNet, concept_emb: torch.Tensor, owners: torch.Tensor, vocab: Vocabulary,
-                 spec: TeacherSpec, digest: str, fit_info: dict):
-        super().__init__(vocab, spec.device, spec.resolution, digest)
+                 spec: TeacherSpec, fit_info: dict):
+        super().__init__(vocab, spec.device, spec.resolution)
         self.net = net.to(self.device).eval()
         self.concept_emb = concept_emb.to(self.device)
         self.owners = owners.to(self.device)
@@ -74,5 +74,4 @@ def load_textseg(spec: TeacherSpec, vocab: Vocabulary) -> TextSegTeacher:
     net.load_state_dict(ckpt["model"])
     concept_emb = embed_concepts(tower, tokenizer, concepts, templates, cpu)
     fit_info = {k: ckpt[k] for k in ("vocab", "fit", "num_images", "final_loss", "final_pixel_acc")}
-    return TextSegTeacher(net, concept_emb, torch.tensor(owners, dtype=torch.long), vocab, spec,
-                          file_sha256(spec.pretrained), fit_info)
+    return TextSegTeacher(net, concept_emb, torch.tensor(owners, dtype=torch.long), vocab, spec, fit_info)

@@ -1,13 +1,12 @@
 """The end-of-sweep results table: one row per trial (swept values, best metric, epochs run, status)."""
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.search_space import describe_value
+from orchestrator.core.tables import csv_text, markdown_table
+from orchestrator.sweep.space import describe_value
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,10 @@ def format_text(rows: list[TrialRow], swept_keys: list[str], metric: str) -> str
 
 
 def format_markdown(rows: list[TrialRow], swept_keys: list[str], metric: str) -> str:
-    head = headers(swept_keys, metric)
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(_cells(r, swept_keys)) + " |" for r in rows]
-    return "\n".join(out) + "\n"
+    return markdown_table(headers(swept_keys, metric), [_cells(r, swept_keys) for r in rows])
 
 
 def format_csv(rows: list[TrialRow], swept_keys: list[str], metric: str) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(headers(swept_keys, metric))
-    for r in rows:
-        writer.writerow([r.trial_id, *(r.swept[k] for k in swept_keys),
-                         "" if math.isnan(r.best) else round(r.best, 4), r.epochs, r.status, round(r.seconds, 1)])
-    return buf.getvalue()
+    return csv_text(headers(swept_keys, metric),
+                    [[r.trial_id, *(r.swept[k] for k in swept_keys), "" if math.isnan(r.best) else round(r.best, 4),
+                      r.epochs, r.status, round(r.seconds, 1)] for r in rows])

@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import CONFIG_KEYS, build_config, coerce_value, flatten
-from orchestrator.errors import ConfigError, SpaceError
+from orchestrator.core.config import CONFIG_KEYS, build_config, coerce_value, flatten
+from orchestrator.core.errors import ConfigError, SpaceError
 
 DISCRETE = ("grid", "choice")
 CONTINUOUS = ("uniform", "loguniform", "randint")

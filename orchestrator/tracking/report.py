@@ -8,16 +8,15 @@ Pure parts (`group_rows`, `format_*`) take plain dicts; `collect_trials` is the 
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import tracking
-from orchestrator.errors import UserError
+from orchestrator.tracking import client as mlflow_runs
+from orchestrator.core.errors import UserError
+from orchestrator.core.tables import csv_text, markdown_table
 
 SEED_KEYS = ("seed",)
 METRIC = "best_val_miou"
@@ -83,14 +82,8 @@ def _sortable(value: Any) -> tuple:
         return (1, 0.0, str(value))
 
 
-def _markdown_table(head: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def format_markdown(groups: list[Group], keys: list[str]) -> str:
-    return _markdown_table([*keys, "runs", f"{METRIC} (mean ± std)"],
+    return markdown_table([*keys, "runs", f"{METRIC} (mean ± std)"],
                            [[*g.key, len(g.values), f"{g.mean:.2f} ± {g.std:.2f}"] for g in groups])
 
 
@@ -112,7 +105,7 @@ def format_by_split(groups: list[Group], keys: list[str]) -> str:
     for g in groups:
         rows.setdefault(tuple(v for i, v in enumerate(g.key) if i != si), {})[g.key[si]] = g
     ordered = sorted(rows.items(), key=lambda kv: tuple(_sortable(v) for v in kv[0]))
-    return _markdown_table([*row_keys, *(f"{s} labels" for s in splits)],
+    return markdown_table([*row_keys, *(f"{s} labels" for s in splits)],
                            [[*row, *(_cell(by_split[s].values) if s in by_split else "" for s in splits)]
                             for row, by_split in ordered])
 
@@ -122,38 +115,43 @@ def format_per_class(groups: list[Group], keys: list[str]) -> str:
     classes = list(dict.fromkeys(c for g in groups for c in g.per_class))
     if not classes:
         return ""
-    return _markdown_table([*keys, *classes],
+    return markdown_table([*keys, *classes],
                            [[*g.key, *(_cell(g.per_class.get(c, [])) for c in classes)] for g in groups])
 
 
 def format_csv(groups: list[Group], keys: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow([*keys, "runs", f"{METRIC}_mean", f"{METRIC}_std"])
-    for g in groups:
-        w.writerow([*g.key, len(g.values), round(g.mean, 4), round(g.std, 4)])
-    return buf.getvalue()
+    return csv_text([*keys, "runs", f"{METRIC}_mean", f"{METRIC}_std"],
+                    [[*g.key, len(g.values), round(g.mean, 4), round(g.std, 4)] for g in groups])
 
 
 def collect_trials(uri: str, experiment: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(parent run id, trials) of a sweep; a trial re-run after a resume counts once (newest run)."""
-    c = tracking.client(uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
+    experiment_id = mlflow_runs.experiment_id_of(uri, experiment)
+    if experiment_id is None:
         raise UserError(f"no MLflow experiment '{experiment}' in {uri}. Fix: pass the sweep's --name as "
                         f"--experiment, and the --tracking-uri it logged to.")
-    parents = tracking.find_runs(uri, exp.experiment_id, role=tracking.ROLE_SWEEP)
-    trials, seen = [], set()
-    for run in tracking.find_runs(uri, exp.experiment_id, role=tracking.ROLE_TRIAL):  # newest first
-        trial_id = run.data.tags.get("trial_id", run.info.run_id)
-        if trial_id in seen:
-            continue
-        seen.add(trial_id)
-        trials.append({"trial_id": trial_id, "params": dict(run.data.params), "metrics": dict(run.data.metrics),
-                       "status": run.info.status})
+    parents = mlflow_runs.find_runs(uri, experiment_id, role=mlflow_runs.ROLE_SWEEP)
+    trials = mlflow_runs.trial_runs(uri, experiment_id)
     if not trials:
         raise UserError(f"experiment '{experiment}' has no trial runs yet. Fix: wait for a trial to report.")
     return (parents[0].info.run_id if parents else None), trials
+
+
+@dataclass(frozen=True)
+class ErrorbarPlot:
+    """A plot of the metric (mean ± std) against one swept key, drawn when that key varies."""
+
+    key: str
+    xlabel: str
+    file: str
+    logx: bool = False
+
+
+ERRORBAR_PLOTS = (
+    ErrorbarPlot("ood.ratio", "OOD share of the unlabeled batch (ood.ratio)", "miou_vs_ood_ratio.png"),
+    ErrorbarPlot(SPLIT_KEY, "labeled images (data.split)", "miou_vs_labels.png", logx=True),
+)
+TAU_KEY = "train.conf_thresh"
 
 
 def plot_files(groups: list[Group], keys: list[str], out: Path) -> list[Path]:
@@ -163,63 +161,64 @@ def plot_files(groups: list[Group], keys: list[str], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made = []
-
-    def series(x_key: str):
-        """One line per combination of the other keys (so merged sweeps never share a line)."""
-        xi = keys.index(x_key)
-        lines: dict[str, list[tuple[float, float, float]]] = {}
-        for g in groups:
-            try:
-                x = float(g.key[xi])
-            except (TypeError, ValueError):
-                continue
-            label = ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, g.key)) if i != xi and v != INERT)
-            lines.setdefault(label, []).append((x, g.mean, g.std))
-        return {k: sorted(v) for k, v in lines.items()}
-
-    def errorbar_plot(x_key: str, xlabel: str, name: str, logx: bool = False):
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        ticks: set[float] = set()
-        for label, pts in series(x_key).items():
-            xs, ys, es = zip(*pts)
-            ticks.update(xs)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label or None)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("best val mIoU (%)")
-        if logx:
-            ax.set_xscale("log", base=2)
-            ax.minorticks_off()
-        ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])   # the swept values, not 2^k
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / name
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        made.append(path)
-
-    if "ood.ratio" in keys:
-        errorbar_plot("ood.ratio", "OOD share of the unlabeled batch (ood.ratio)", "miou_vs_ood_ratio.png")
-    if SPLIT_KEY in keys:
-        errorbar_plot(SPLIT_KEY, "labeled images (data.split)", "miou_vs_labels.png", logx=True)
-    if "train.conf_thresh" in keys:
-        xi = keys.index("train.conf_thresh")
-        pts = sorted((float(g.key[xi]), statistics.fmean(g.mask_ratio) if g.mask_ratio else math.nan, g.mean)
-                     for g in groups)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", color="C0", label="mIoU")
-        ax.set_xlabel("τ (train.conf_thresh)")
-        ax.set_ylabel("best val mIoU (%)", color="C0")
-        twin = ax.twinx()
-        twin.plot([p[0] for p in pts], [p[1] for p in pts], "s--", color="C1")
-        twin.set_ylabel("mask ratio (ID pixels above τ)", color="C1")
-        fig.tight_layout()
-        path = out / "tau_mask_ratio_miou.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        made.append(path)
+    made = [_errorbar_plot(plt, groups, keys, plot, out / plot.file) for plot in ERRORBAR_PLOTS if plot.key in keys]
+    if TAU_KEY in keys:
+        made.append(_tau_plot(plt, groups, keys, out / "tau_mask_ratio_miou.png"))
     return made
+
+
+def _series(groups: list[Group], keys: list[str], x_key: str) -> dict[str, list[tuple[float, float, float]]]:
+    """(x, mean, std) points, one line per combination of the other keys (so merged sweeps never share a line)."""
+    xi = keys.index(x_key)
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for g in groups:
+        try:
+            x = float(g.key[xi])
+        except (TypeError, ValueError):
+            continue
+        label = ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, g.key)) if i != xi and v != INERT)
+        lines.setdefault(label, []).append((x, g.mean, g.std))
+    return {k: sorted(v) for k, v in lines.items()}
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _errorbar_plot(plt, groups: list[Group], keys: list[str], plot: ErrorbarPlot, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ticks: set[float] = set()
+    for label, pts in _series(groups, keys, plot.key).items():
+        xs, ys, es = zip(*pts)
+        ticks.update(xs)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label or None)
+    ax.set_xlabel(plot.xlabel)
+    ax.set_ylabel("best val mIoU (%)")
+    if plot.logx:
+        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+    ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])   # the swept values, not 2^k
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _tau_plot(plt, groups: list[Group], keys: list[str], path: Path) -> Path:
+    """mIoU and the ID mask ratio against τ, on twin y-axes."""
+    xi = keys.index(TAU_KEY)
+    pts = sorted((float(g.key[xi]), statistics.fmean(g.mask_ratio) if g.mask_ratio else math.nan, g.mean)
+                 for g in groups)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", color="C0", label="mIoU")
+    ax.set_xlabel("τ (train.conf_thresh)")
+    ax.set_ylabel("best val mIoU (%)", color="C0")
+    twin = ax.twinx()
+    twin.plot([p[0] for p in pts], [p[1] for p in pts], "s--", color="C1")
+    twin.set_ylabel("mask ratio (ID pixels above τ)", color="C1")
+    return _save(plt, fig, path)
 
 
 def report_markdown(title: str, groups: list[Group], keys: list[str]) -> str:
@@ -251,7 +250,6 @@ def write_report(uri: str, experiments: list[str] | str, out_dir: Path) -> dict[
     files[1].write_text(format_csv(groups, keys))
     files += plot_files(groups, keys, out_dir)
     for parent in parents:
-        for f in files:
-            tracking.client(uri).log_artifact(parent, str(f), "report")
+        mlflow_runs.log_files(uri, parent, files, "report")
     return {"experiment": title, "trials": len(trials), "groups": len(groups), "keys": keys,
             "files": [str(f) for f in files], "table": files[0].read_text()}

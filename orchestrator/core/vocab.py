@@ -6,8 +6,6 @@ scores vote for class 0 (SemiOVS prompts 151 COCO-Stuff concepts this way for VO
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 
@@ -53,7 +51,3 @@ class Vocabulary:
             classes=tuple(ClassConcepts(c["name"], tuple(c.get("synonyms", ()))) for c in d["classes"]),
             background_concepts=tuple(d.get("background_concepts", ())),
         )
-
-    def digest(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]

@@ -14,23 +14,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
-from orchestrator.paths import inside
+from orchestrator.core.digest import digest_json
+from orchestrator.core.label_format import SHARDS_DIR
+from orchestrator.core.paths import inside
 
 # Bump when the labeling code changes what it writes; old entries then stop matching.
 LABELING_CODE_VERSION = "1"
-
-
-def digest_json(obj: Any, length: int = 20) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def corpus_fingerprint(paths: list[str]) -> str:
@@ -44,6 +39,11 @@ def corpus_fingerprint(paths: list[str]) -> str:
 
 def key_inputs(*, teacher_kind: str, weights_digest: str, arch: str, templates: str, resolution: int,
                sliding_window: bool, vocabulary: dict, corpus: str) -> dict[str, Any]:
+    """The dict `cache_key` hashes: what the teacher's labels depend on.
+
+    Existing cache entries were keyed with exactly these names ("weights", not "weights_digest") and values:
+    changing either orphans every cached label set (a test pins one key).
+    """
     return {"teacher_kind": teacher_kind, "weights": weights_digest, "arch": arch, "templates": templates,
             "resolution": resolution, "sliding_window": sliding_window, "vocabulary": vocabulary,
             "corpus": corpus, "code_version": LABELING_CODE_VERSION}
@@ -71,7 +71,7 @@ class LabelStore:
 
     @property
     def shards(self) -> Path:
-        return self.root / "shards"
+        return self.root / SHARDS_DIR
 
     def is_complete(self) -> bool:
         return self.manifest_path.is_file()
@@ -89,35 +89,3 @@ class LabelStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8), mode="L").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)))
-
-
-def apply_threshold(label: np.ndarray, confidence_u8: np.ndarray, thresh: float) -> np.ndarray:
-    """Teacher pixels below `thresh` become 255 (ignored by the OOD loss)."""
-    if thresh <= 0:
-        return label
-    out = label.copy()
-    out[confidence_u8 < round(255 * thresh)] = 255
-    return out
-
-
-def read_label_table(store: LabelStore) -> dict[str, tuple[bytes, bytes]]:
-    """image_id → (label PNG, confidence PNG) for every image the teacher labeled (broken ones left out)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(store.shards, columns=["image_id", "label", "confidence", "error"])
-    ids, labels, confs, errors = (table.column(c).to_pylist() for c in ("image_id", "label", "confidence", "error"))
-    return {i: (l, c) for i, l, c, e in zip(ids, labels, confs, errors) if not e}

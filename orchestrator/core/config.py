@@ -9,16 +9,29 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
-from orchestrator.errors import ConfigError
+from orchestrator.core.errors import ConfigError
 
-METHODS = ("supervised", "unimatch", "semiovs")
-LABEL_SOURCES = ("teacher", "self", "none")
-TEACHER_KINDS = ("textseg", "maskclip")
-DATASETS = ("shapes", "pascal", "pc60")
-ID_CLASS_PRIORS = ("skewed", "uniform")  # `shapes`: uniform = every target class equally common in ID
-STUDENT_ARCHS = ("unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101")
+# Allowed values, declared once: the config validates against them, the CLI help lists them, and the code
+# that dispatches on them (losses, students, teachers, datasets) imports them from here.
+Method = Literal["supervised", "unimatch", "semiovs"]
+LabelSource = Literal["teacher", "self", "none"]
+TeacherKind = Literal["textseg", "maskclip"]
+TemplateSet = Literal["single", "imagenet80"]
+Dataset = Literal["shapes", "pascal", "pc60"]
+IdClassPrior = Literal["skewed", "uniform"]   # `shapes`: uniform = every target class equally common in ID
+StudentArch = Literal["unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101"]
+METHODS: tuple[str, ...] = get_args(Method)
+LABEL_SOURCES: tuple[str, ...] = get_args(LabelSource)
+TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
+TEMPLATE_SETS: tuple[str, ...] = get_args(TemplateSet)
+DATASETS: tuple[str, ...] = get_args(Dataset)
+ID_CLASS_PRIORS: tuple[str, ...] = get_args(IdClassPrior)
+STUDENT_ARCHS: tuple[str, ...] = get_args(StudentArch)
+CHOICES = {"data.dataset": DATASETS, "data.id_class_prior": ID_CLASS_PRIORS, "ood.label_source": LABEL_SOURCES,
+           "teacher.kind": TEACHER_KINDS, "teacher.templates": TEMPLATE_SETS, "train.method": METHODS,
+           "model.arch": STUDENT_ARCHS}
 
 
 def _require(ok: bool, key: str, problem: str, fix: str) -> None:
@@ -37,7 +50,7 @@ def _between(value: float, lo: float, hi: float, key: str) -> None:
 
 @dataclass
 class DataConfig:
-    dataset: str = "shapes"     # which layout/class list: the generated benchmark, or real VOC / Context-60
+    dataset: Dataset = "shapes"  # which layout/class list: the generated benchmark, or real VOC / Context-60
     root: str = ""              # "" = the generated `shapes` benchmark in the cache (made on first use)
     split: str = "16"           # labeled split: number of labeled images ("16", "92") or a split name ("1_16")
     splits_dir: str = ""        # folder holding <split>/labeled.txt and val.txt ("" = <root>/splits)
@@ -50,7 +63,7 @@ class DataConfig:
     num_source: int = 2000      # `shapes`: labeled source corpus (wide vocabulary) for fitting the teacher
     distractor_share: float = 0.5  # `shapes`: share of OOD objects that are distractors
     style_shift: float = 0.2    # `shapes`: low-level style difference of OOD images (0 = same as ID)
-    id_class_prior: str = "skewed"  # `shapes`: ID class frequencies, skewed (rings rare) or uniform
+    id_class_prior: IdClassPrior = "skewed"  # `shapes`: ID class frequencies, skewed (rings rare) or uniform
     max_broken_share: float = 0.05  # stop when more than this share of a corpus cannot be read
 
     def __post_init__(self):
@@ -73,7 +86,7 @@ class OODConfig:
     root: str = ""              # OOD corpus: a folder of images or a list file; "" = the benchmark's ood/
     ratio: float = 0.5          # share of each unlabeled batch drawn from the OOD corpus (0.5 = paper's 1:1)
     num_images: int = 0         # subsample the corpus to this many images (0 = all)
-    label_source: str = "teacher"  # teacher = open-vocabulary pseudo-labels; self = the student's own; none
+    label_source: LabelSource = "teacher"  # teacher = open-vocabulary pseudo-labels; self = the student's own; none
     teacher_thresh: float = 0.0  # teacher pixels below this confidence are ignored (applied at read time)
 
     def __post_init__(self):
@@ -85,10 +98,10 @@ class OODConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: str = "textseg"       # textseg = the benchmark's fitted teacher; maskclip = open_clip ViT, training-free
+    kind: TeacherKind = "textseg"  # textseg = the benchmark's fitted teacher; maskclip = open_clip ViT, training-free
     pretrained: str = ""        # checkpoint file (or open_clip tag for maskclip); "" = fit/reuse the cached textseg
     arch: str = "ViT-B-16"      # open_clip model name (maskclip)
-    templates: str = "single"   # single | imagenet80 prompt templates
+    templates: TemplateSet = "single"  # prompt templates
     resolution: int = 0         # teacher input side (0 = native image size)
     sliding_window: bool = False
     batch_size: int = 64        # images per teacher call
@@ -96,7 +109,7 @@ class TeacherConfig:
 
     def __post_init__(self):
         _one_of(self.kind, TEACHER_KINDS, "teacher.kind")
-        _one_of(self.templates, ("single", "imagenet80"), "teacher.templates")
+        _one_of(self.templates, TEMPLATE_SETS, "teacher.templates")
         _require(self.resolution >= 0, "teacher.resolution", "is negative", "use 0 (native) or a size in pixels")
         _require(self.batch_size >= 1, "teacher.batch_size", "must be >= 1", "use a positive batch size")
         _require(self.fit_steps >= 1, "teacher.fit_steps", "must be >= 1", "use a positive number of steps")
@@ -104,13 +117,13 @@ class TeacherConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "semiovs"     # supervised | unimatch | semiovs
+    method: Method = "semiovs"
     conf_thresh: float = 0.95   # τ on the student's ID pseudo-labels
     lambda_ood: float = 1.0     # λ: weight of the OOD loss; total = (L_x + L_u + λ L_ood) / (2 + λ)
     epochs: int = 6
     iters_per_epoch: int = 40   # 0 = one pass over the ID unlabeled set (the paper's epoch)
     batch_size: int = 8         # labeled images per step (and ID unlabeled images per step for unimatch)
-    lr: float = 0.1             # from-scratch CPU student; 0.02 left it under-trained at 800 steps (README)
+    lr: float = 0.1             # for the from-scratch CPU student (README, "Measured")
     lr_multi: float = 1.0       # head lr multiplier (the paper: 10 with a pretrained backbone)
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -119,7 +132,7 @@ class TrainConfig:
     sync_bn: bool = False       # SyncBatchNorm across DDP workers (GPU only)
     max_failures: int = 1       # worker failures survived per trial (restart from the last checkpoint)
     overlay_images: int = 4     # val images drawn with their predictions every epoch (0 = off); MLflow artifact
-    prevmatch: bool = False     # PrevMatch guidance by past best models (method.md §3b); unimatch/semiovs only
+    prevmatch: bool = False     # PrevMatch guidance by past best models (docs/method.md §5); unimatch/semiovs only
     prev_max_models: int = 8    # PrevMatch: frozen snapshots kept (the oldest is dropped past this)
     prev_max_k: int = 3         # PrevMatch: each step ensembles K ~ U{1..min(this, kept)} snapshots
     prev_thresh: float = 0.9    # PrevMatch: confidence threshold on the ensemble's pseudo-labels
@@ -133,7 +146,7 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1", "use a positive batch size")
         _require(self.lr > 0, "train.lr", "must be > 0", "use a positive learning rate")
         _require(self.num_workers >= 0, "train.num_workers", "is negative", "use 0 (local mode) or more")
-        # the grid travels inside every epoch's report, so it stays a handful of images
+        # one picture row per image, drawn every epoch: a handful
         _between(self.overlay_images, 0, 16, "train.overlay_images")
         _require(not self.prevmatch or self.method != "supervised", "train.prevmatch",
                  "applies only to train.method unimatch or semiovs, not supervised",
@@ -145,7 +158,7 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "unet_small"
+    arch: StudentArch = "unet_small"
     width: int = 16             # base channel count of unet_small
     fp_dropout: float = 0.5     # Dropout2d of UniMatch's feature-perturbation branch
     pretrained_backbone: str = ""  # local file with torchvision ResNet weights ("" = random init)
@@ -277,3 +290,8 @@ def build_config(overrides: dict[str, Any] | None = None, source: str = "config"
 def config_from_flat(flat: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Rebuild a config from its flat form (e.g. a trial's resolved params)."""
     return build_config(flat, source)
+
+
+def allowed_values_help() -> str:
+    """The keys that take one of a few values, with those values (for `--help`)."""
+    return "keys with fixed values: " + "; ".join(f"{key} = {' | '.join(values)}" for key, values in CHOICES.items())

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.label_cache import LabelStore, encode_png
-from orchestrator.labeling_diagnostics import GT_MAX_IMAGES, OVERLAY_IMAGES
+from orchestrator.core.masks import encode_png
+from orchestrator.labels.store import LabelStore
+from orchestrator.labels.diagnostics import GT_MAX_IMAGES, OVERLAY_IMAGES
 
 CONF_BINS = 10
 TMP_PREFIX = "."  # temp folders are hidden: `.<key>.tmp-<random>` beside the entries
@@ -60,7 +61,7 @@ class LabelingOutcome:
 
 def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """Ray Data task: read and decode images; a broken file becomes a row with `error` set."""
-    from orchestrator.data.voc import SampleError, load_image
+    from orchestrator.core.images import SampleError, load_image
 
     images, errors = [], []
     for path in batch["path"]:
@@ -86,7 +87,7 @@ class TeacherActor:
         import torch
 
         from orchestrator.teachers import TeacherSpec, build_teacher
-        from orchestrator.vocab import Vocabulary
+        from orchestrator.core.vocab import Vocabulary
 
         torch.set_num_threads(max(1, threads))
         self.vocab = Vocabulary.from_dict(vocabulary)
@@ -231,9 +232,9 @@ def _write_diagnostics(job: LabelingJob, entry: Path, manifest: dict[str, Any]) 
     slice with ground truth (teacher IoU); reads only those rows back from the shards."""
     import pyarrow.dataset as pads
 
-    from orchestrator.data.voc import SampleError, load_image, load_mask
-    from orchestrator.label_cache import decode_png
-    from orchestrator.labeling_diagnostics import GroundTruthScore, Sample, write_diagnostics
+    from orchestrator.core.images import SampleError, load_image, load_mask
+    from orchestrator.core.masks import decode_png
+    from orchestrator.labels.diagnostics import GroundTruthScore, Sample, write_diagnostics
 
     labeled = manifest.pop("labeled_ids")
     names = [c["name"] for c in job.vocabulary["classes"]]
@@ -268,7 +269,7 @@ def _write_diagnostics(job: LabelingJob, entry: Path, manifest: dict[str, Any]) 
 
 
 def _check_broken_share(job: LabelingJob, manifest: dict[str, Any]) -> None:
-    from orchestrator.errors import UserError
+    from orchestrator.core.errors import UserError
 
     if manifest["images"] and manifest["rejected"] / manifest["images"] > job.max_broken_share:
         first = manifest["rejected_images"][0]

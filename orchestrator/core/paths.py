@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.errors import UserError
+from orchestrator.core.errors import UserError
 
 
 def home() -> Path:
@@ -41,3 +41,13 @@ def inside(root: Path, *parts: str) -> Path:
     if path != root and root not in path.parents:
         raise UserError(f"path {path} escapes its root {root}. Fix: use a plain name without '..' or '/'.")
     return path
+
+
+def train_run_name(run_id: str) -> str:
+    """The Ray Train run of a trial (or of a single run): a stable name, so a restart finds it again."""
+    return f"train-{run_id}"
+
+
+def run_files_dir(storage: Path, run_name: str) -> Path:
+    """Where a run's rank-0 worker writes per-epoch pictures and its broken-sample list for the driver."""
+    return inside(storage, "files", run_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 
-def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | None = None) -> None:
+def init_ray(quiet: bool = False, num_cpus: int | None = None) -> None:
     """Join RAY_ADDRESS (a cluster or `ray start` head) or start a local Ray.
 
     The dashboard stays on: Ray Train's placement-group cleaner asks its state API whether a stopped trial's
@@ -14,7 +14,7 @@ def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | No
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = os.environ.get("RAY_ADDRESS") or None
     kwargs = {"log_to_driver": not quiet, "include_dashboard": True}
     if address:
         ray.init(address=address, **kwargs)

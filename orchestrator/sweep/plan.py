@@ -4,30 +4,28 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from orchestrator.config import config_from_flat
-from orchestrator.errors import SpaceError
-from orchestrator.search_space import DISCRETE, SearchSpace
+from orchestrator.core.config import config_from_flat
+from orchestrator.core.errors import SpaceError
+from orchestrator.labels.job import LABEL_KEYS, LabelRequest
+from orchestrator.sweep.space import DISCRETE, SearchSpace
 
-# Keys whose value changes the teacher's labels (or whether a trial needs them). Thresholds, ratios and
-# subset sizes are applied when training reads the labels, so they never need a labeling run.
-_LABEL_FREE = {"ood.ratio", "ood.teacher_thresh", "ood.num_images", "teacher.batch_size"}
+# Keys that decide whether a trial reads teacher labels at all (beside the keys of the labels themselves).
+_NEEDS_LABELS = ("train.method", "ood.label_source")
 
 
-def _affects_labels(key: str) -> bool:
-    if key in _LABEL_FREE:
-        return False
-    return key.startswith(("teacher.", "data.", "ood.")) or key in ("train.method",)
+def _labeling_axis(key: str) -> bool:
+    return key in LABEL_KEYS or key in _NEEDS_LABELS
 
 
 def labeling_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat config per distinct labeling request the sweep's trials will make.
+    """One flat config per distinct LabelRequest that the sweep's trials will make (in sweep order).
 
-    A label-relevant key swept by a continuous distribution could need unboundedly many labeling runs,
-    so it is refused with the fix.
+    A label key swept by a continuous distribution could need unboundedly many labeling runs, so it is
+    refused with the fix.
     """
     axes = {}
     for key, dist in space.parameters.items():
-        if not _affects_labels(key):
+        if not _labeling_axis(key):
             continue
         if dist.kind not in DISCRETE:
             raise SpaceError(f"{space.source}: 'parameters.{key}': a {dist.kind} distribution would need a "
@@ -42,11 +40,9 @@ def labeling_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str,
         if ratio_value is not None:
             flat["ood.ratio"] = ratio_value
         cfg = config_from_flat(flat, space.source)
-        if not cfg.uses_teacher_labels:
-            continue
-        signature = tuple(sorted((k, v) for k, v in flat.items() if _affects_labels(k)))
-        if signature not in seen:
-            seen.add(signature)
+        request = LabelRequest.from_config(cfg)
+        if cfg.uses_teacher_labels and request not in seen:
+            seen.add(request)
             out.append(flat)
     return out
 

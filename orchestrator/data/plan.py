@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.errors import ConfigError
-from orchestrator.vocab import Vocabulary
+from orchestrator.core.config import ExperimentConfig
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.vocab import Vocabulary
 
 
 @dataclass(frozen=True)

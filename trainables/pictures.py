@@ -1,22 +1,21 @@
 """Per-epoch evaluation pictures of a trial: the confusion matrix and the prediction overlays.
 
-Pure rendering: arrays in, PNG bytes out; no MLflow, no Ray. The overlay grid is drawn in the train worker
-(PIL only, a few milliseconds) and travels base64-encoded in the epoch's report; the confusion matrix is
-drawn by the driver from the reported counts (matplotlib, Agg, no pyplot state).
+Rank 0 of a training worker group draws them after each evaluation and writes them as files
+(`write_epoch_pictures`) into the run's files folder; the driver logs them to MLflow from there, so an epoch's
+report to Tune carries numbers only. Rendering is pure (arrays in, PNG bytes out; matplotlib's Agg canvas,
+no pyplot state).
 """
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# Keys an epoch's report carries for these pictures; they are not metrics.
-MATRIX_KEY, CLASSES_KEY, OVERLAY_KEY = "confusion_matrix", "class_names", "overlay_png_b64"
-PAYLOAD_KEYS = (MATRIX_KEY, CLASSES_KEY, OVERLAY_KEY)
+from orchestrator.core.masks import colorize
+
 MAX_TILE_SIDE = 160
 GAP = 2  # pixels between tiles
 
@@ -83,14 +82,6 @@ def tile_size(h: int, w: int, max_side: int = MAX_TILE_SIDE) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """HxW class ids -> HxWx3 colours of the Pascal VOC palette (255 = ignore in VOC's boundary colour)."""
-    from orchestrator.data.voc import voc_palette
-
-    colours = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    return colours[label.astype(np.uint8)]
-
-
 def _tile(array: np.ndarray, size: tuple[int, int], is_label: bool) -> Image.Image:
     image = Image.fromarray(colorize(array) if is_label else array)
     h, w = size
@@ -126,19 +117,24 @@ def _image_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-# ---- report payload <-> files -------------------------------------------------------------------
+# ---- files ---------------------------------------------------------------------------------------
 
-def encode_png(png: bytes) -> str:
-    return base64.b64encode(png).decode("ascii")
+def write_epoch_pictures(folder: str | Path, epoch: int, confusion: Sequence[Sequence[int]],
+                         class_names: Sequence[str], samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                         ) -> list[Path]:
+    """confusion_matrix_epoch_NNN.png (and overlays_epoch_NNN.png when `samples` holds (image, truth,
+    prediction) triples) into `folder`, each written whole before it gets its name."""
+    files = {f"confusion_matrix_epoch_{epoch:03d}.png":
+             confusion_matrix_png(confusion, class_names, f"val confusion matrix, epoch {epoch}")}
+    if samples:
+        files[f"overlays_epoch_{epoch:03d}.png"] = overlay_grid_png(*zip(*samples))
+    return [write_atomically(Path(folder) / name, data) for name, data in files.items()]
 
 
-def epoch_files(payload: dict[str, Any], epoch: int) -> dict[str, bytes]:
-    """File name -> PNG bytes for the pictures an epoch's report carries (none when it carries none)."""
-    files: dict[str, bytes] = {}
-    matrix, names = payload.get(MATRIX_KEY), payload.get(CLASSES_KEY)
-    if matrix and names:
-        files[f"confusion_matrix_epoch_{epoch:03d}.png"] = confusion_matrix_png(
-            matrix, names, f"val confusion matrix, epoch {epoch}")
-    if payload.get(OVERLAY_KEY):
-        files[f"overlays_epoch_{epoch:03d}.png"] = base64.b64decode(payload[OVERLAY_KEY])
-    return files
+def write_atomically(path: Path, data: bytes) -> Path:
+    """A reader never sees a half-written file: write a hidden temporary, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path

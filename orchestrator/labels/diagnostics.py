@@ -11,6 +11,7 @@ feeds it decoded arrays and it writes files into `<entry>/diagnostics/`:
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from orchestrator.teachers.metrics import confusion_matrix, iou_from_confusion
+from orchestrator.core.masks import IGNORE, colorize, voc_palette
 
 OVERLAY_IMAGES = 8      # images in the overlay grid: the first labeled ones by image id (fixed across runs)
 GT_MAX_IMAGES = 500     # images scored against ground truth: the first ones with a mask by image id (bounded cost)
@@ -37,57 +38,47 @@ class Sample:
 class GroundTruthScore:
     """Confusion matrix of teacher labels against ground truth, accumulated image by image (255 = ignore)."""
     num_classes: int
-    cm: np.ndarray = field(init=False)
+    cm: Any = field(init=False)      # trainables.metrics.ConfusionMatrix
     images: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
-        self.cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+        from trainables.metrics import ConfusionMatrix
+
+        self.cm = ConfusionMatrix(self.num_classes)
 
     def update(self, image_id: str, label: np.ndarray, gt: np.ndarray) -> None:
         if gt.shape != label.shape:
             self.skipped.append({"image_id": image_id, "reason": f"mask {gt.shape} vs image {label.shape}"})
             return
-        bad = gt[(gt != 255) & (gt >= self.num_classes)]
+        bad = gt[(gt != IGNORE) & (gt >= self.num_classes)]
         if bad.size:
             self.skipped.append({"image_id": image_id, "reason": f"mask holds id {int(bad.max())} outside the "
                                                                  f"teacher's {self.num_classes} classes"})
             return
-        self.cm += confusion_matrix(label, gt, self.num_classes)
+        import torch
+
+        self.cm.update(torch.from_numpy(np.array(label)), torch.from_numpy(np.array(gt)))   # decoded PNGs are read-only
         self.images += 1
 
     def compute(self, names: Sequence[str]) -> dict[str, Any]:
-        iou = iou_from_confusion(self.cm)
-        finite = iou[np.isfinite(iou)]
-        return {"images": self.images, "miou": round(float(finite.mean()), 3) if finite.size else None,
-                "per_class_iou": {n: (round(float(v), 3) if np.isfinite(v) else None) for n, v in zip(names, iou)},
-                "pixel_acc": round(100.0 * float(np.trace(self.cm)) / max(1, int(self.cm.sum())), 3),
+        iou, miou = self.cm.compute()
+        return {"images": self.images, "miou": round(miou, 3) if math.isfinite(miou) else None,
+                "per_class_iou": {n: (round(v, 3) if math.isfinite(v) else None) for n, v in zip(names, iou)},
+                "pixel_acc": round(self.cm.pixel_accuracy(), 3),
                 "skipped": self.skipped[:20], "skipped_count": len(self.skipped)}
 
 
 def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 colours: the Pascal VOC colour map (class k's colour from the bits of k)."""
-    out = np.zeros((max(1, num_classes), 3), np.uint8)
-    for k in range(len(out)):
-        c, rgb = k, [0, 0, 0]
-        for j in range(8):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << (7 - j)
-            c >>= 3
-        out[k] = rgb
-    return out
-
-
-def colorize(label: np.ndarray, num_classes: int) -> np.ndarray:
-    colours = np.vstack([palette(num_classes), np.full((256 - num_classes, 3), 255, np.uint8)])
-    return colours[label]
+    """(num_classes, 3) uint8 colours of the first classes in the VOC colour map."""
+    return np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)[:max(1, num_classes)]
 
 
 def overlay(image: np.ndarray, label: np.ndarray, num_classes: int, alpha: float = 0.55) -> np.ndarray:
     """Image blended with the label colours; background (0) and ignore (255) pixels stay as the image."""
     out = image.astype(np.float32)
-    fg = (label > 0) & (label != 255)
-    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(label, num_classes)[fg]
+    fg = (label > 0) & (label != IGNORE)
+    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(label)[fg]
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -204,7 +195,7 @@ def _metric_name(text: str) -> str:
 
 
 def metrics_for_mlflow(summary: dict[str, Any], prefix: str = "teacher.") -> dict[str, float]:
-    """Flat `teacher.*` metrics (DESIGN.md's MLflow contract) from a diagnostics summary."""
+    """Flat `teacher.*` metrics (the MLflow layout in README.md) from a diagnostics summary."""
     out: dict[str, float] = {}
     for name, share in summary.get("class_pixel_share", {}).items():
         out[f"{prefix}pixel_share.{_metric_name(name)}"] = float(share)

@@ -6,17 +6,18 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.errors import UserError
+from orchestrator.core.config import ExperimentConfig
+from orchestrator.core.errors import UserError
 
 
 def evaluate_on_ood(cfg: ExperimentConfig, cache_root: Path, num_images: int) -> dict[str, Any]:
     """Teacher mIoU per class on the first `num_images` OOD images with masks (same-size images)."""
     import torch
 
-    from orchestrator.data.voc import list_ood_corpus, load_image, load_mask, load_vocabulary
-    from orchestrator.data_plan import dataset_root, teacher_vocabulary
-    from orchestrator.pseudo_labels import ensure_fitted_teacher, teacher_spec
+    from orchestrator.core.images import load_image, load_mask
+    from orchestrator.data.voc import list_ood_corpus, load_vocabulary
+    from orchestrator.data.plan import dataset_root, teacher_vocabulary
+    from orchestrator.teachers.fit_task import ensure_fitted_teacher, teacher_spec
     from orchestrator.teachers import build_teacher, evaluate_teacher
 
     root = dataset_root(cfg, cache_root)

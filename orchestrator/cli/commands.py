@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.cli import parse_sets, print_json
-from orchestrator.config import build_config
-from orchestrator.errors import UserError
-from orchestrator.paths import default_cache_root, resolve_root
+from orchestrator.cli.parser import parse_sets
+from orchestrator.core.config import build_config
+from orchestrator.core.console import Console
+from orchestrator.core.errors import UserError
+from orchestrator.core.paths import default_cache_root, resolve_root
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str), flush=True)
 
 
 def _cache(args) -> Path:
@@ -18,8 +24,8 @@ def _cache(args) -> Path:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import SweepRequest, run_sweep
-    from orchestrator.tracking import ui_link
+    from orchestrator.sweep.driver import SweepRequest, run_sweep
+    from orchestrator.tracking.client import ui_link
 
     outcome = run_sweep(SweepRequest(space=args.space, name=args.name, tracking_uri=args.tracking_uri,
                                      storage=args.storage, cache=args.cache, resume=args.resume,
@@ -43,22 +49,22 @@ def train(args: argparse.Namespace) -> int:
 
 
 def label(args: argparse.Namespace) -> int:
-    from orchestrator.pseudo_labels import ensure_labels
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.labels.job import ensure_labels
+    from orchestrator.runtime import init_ray
 
     cfg = build_config(parse_sets(args.sets), "--set")
     if cfg.ood.label_source != "teacher":
         raise UserError("ood.label_source is not 'teacher': there is nothing to label. "
                         "Fix: drop that --set, or set ood.label_source=teacher.")
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     init_ray(quiet=args.quiet)
-    print_json(ensure_labels(cfg, _cache(args), say).summary())
+    # progress on stderr: stdout holds only the JSON summary, for scripts
+    print_json(ensure_labels(cfg, _cache(args), Console(args.quiet, sys.stderr).say).summary())
     return 0
 
 
 def data_synth(args: argparse.Namespace) -> int:
     from orchestrator.data.shapes import ensure_shapes, generate_shapes
-    from orchestrator.data_plan import shapes_spec
+    from orchestrator.data.plan import shapes_spec
 
     overrides = {**parse_sets(args.sets), "data.seed": args.seed}
     spec = shapes_spec(build_config(overrides, "--set"))
@@ -89,8 +95,8 @@ def data_check(args: argparse.Namespace) -> int:
 
 
 def teacher_fit(args: argparse.Namespace) -> int:
-    from orchestrator.data_plan import dataset_root
-    from orchestrator.pseudo_labels import ensure_fitted_teacher, fitted_textseg_path
+    from orchestrator.data.plan import dataset_root
+    from orchestrator.teachers.fit_task import ensure_fitted_teacher, fitted_textseg_path
 
     cfg = build_config(parse_sets(args.sets), "--set")
     if cfg.teacher.kind != "textseg":
@@ -104,7 +110,7 @@ def teacher_fit(args: argparse.Namespace) -> int:
 
 
 def teacher_eval(args: argparse.Namespace) -> int:
-    from orchestrator.teacher_eval import evaluate_on_ood
+    from orchestrator.teachers.eval_task import evaluate_on_ood
 
     cfg = build_config(parse_sets(args.sets), "--set")
     print_json(evaluate_on_ood(cfg, _cache(args), args.num_images))
@@ -112,8 +118,8 @@ def teacher_eval(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from orchestrator.report import write_report
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.report import write_report
+    from orchestrator.tracking.client import resolve_tracking_uri
 
     out = Path(args.out) if args.out else Path("reports") / "+".join(args.experiment)
     summary = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out)
@@ -123,7 +129,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def ui(args: argparse.Namespace) -> int:
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.client import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("http"):
@@ -131,7 +137,7 @@ def ui(args: argparse.Namespace) -> int:
         return 0
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    from orchestrator.tracking import artifact_root_for
+    from orchestrator.tracking.client import artifact_root_for
 
     root = artifact_root_for(uri)
     if root:

@@ -1,12 +1,11 @@
-"""Command line: parse, build the request, call the orchestrator. Heavy imports happen inside commands."""
+"""The command line's grammar: every command, flag and help text (`python run.py COMMAND --help`)."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any, Sequence
 
-from orchestrator.errors import UserError
+from orchestrator.core.config import allowed_values_help
+from orchestrator.core.errors import UserError
 
 
 def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
@@ -30,7 +29,8 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
 
 def _common(p: argparse.ArgumentParser, *, tracking: bool = True, storage: bool = True) -> None:
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
-                   help="override a config key (repeatable), e.g. --set train.epochs=2")
+                   help="override a config key (repeatable), e.g. --set train.epochs=2; "
+                        + allowed_values_help())
     p.add_argument("--cache", help="cache folder for data, teachers and labels (default .semiovs/cache)")
     if storage:
         p.add_argument("--storage", help="Ray Tune/Train storage folder (default .semiovs/ray_results)")
@@ -88,32 +88,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; resume a sweep with --resume", file=sys.stderr)
-        return 130
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    from orchestrator import commands
-
-    handler = {
-        "sweep": commands.sweep, "train": commands.train, "report": commands.report, "label": commands.label, "ui": commands.ui,
-        ("data", "synth"): commands.data_synth, ("data", "check"): commands.data_check,
-        ("teacher", "fit"): commands.teacher_fit, ("teacher", "eval"): commands.teacher_eval,
-    }
-    sub = getattr(args, "data_command", None) or getattr(args, "teacher_command", None)
-    key = (args.command, sub) if sub else args.command
-    return handler[key](args)
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=str), flush=True)

@@ -1,0 +1,37 @@
+"""Command line: parse, build the request, call the orchestrator. Heavy imports happen inside commands.
+
+`run.py` calls `main`; `parser.py` holds the grammar, `commands.py` one function per command.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from orchestrator.cli.parser import build_parser
+from orchestrator.core.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume a sweep with --resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from orchestrator.cli import commands
+
+    handler = {
+        "sweep": commands.sweep, "train": commands.train, "report": commands.report, "label": commands.label, "ui": commands.ui,
+        ("data", "synth"): commands.data_synth, ("data", "check"): commands.data_check,
+        ("teacher", "fit"): commands.teacher_fit, ("teacher", "eval"): commands.teacher_eval,
+    }
+    sub = getattr(args, "data_command", None) or getattr(args, "teacher_command", None)
+    key = (args.command, sub) if sub else args.command
+    return handler[key](args)

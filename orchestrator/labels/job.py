@@ -1,0 +1,81 @@
+"""What to label, and under which cache key.
+
+`LABEL_KEYS` lists every config key the OOD labels depend on. A `LabelRequest` carries only those values,
+and `label_job` derives the cache entry from the request alone, so the sweep's plan (which counts distinct
+requests) and the cache key cannot disagree. Everything else (thresholds, ratios, subset sizes, the labeled
+split) is applied when training reads the labels, so sweeping it never re-runs the teacher.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.config import ExperimentConfig, build_config, flatten
+from orchestrator.data.plan import dataset_root, ood_corpus, teacher_vocabulary
+from orchestrator.labels.pipeline import LabelingJob, LabelingOutcome
+from orchestrator.labels.store import LabelStore, cache_key, corpus_fingerprint, key_inputs
+from orchestrator.teachers.fit_task import ensure_fitted_teacher, teacher_spec
+
+# The dataset (and, for the generated benchmark, every setting of its generator), the OOD corpus, and the
+# teacher (kind, weights or fit settings, prompts, inference settings).
+LABEL_KEYS = (
+    "data.dataset", "data.root", "data.seed", "data.image_size", "data.num_train", "data.num_val",
+    "data.num_ood", "data.num_source", "data.distractor_share", "data.style_shift", "data.id_class_prior",
+    "ood.root",
+    "teacher.kind", "teacher.pretrained", "teacher.arch", "teacher.templates", "teacher.resolution",
+    "teacher.sliding_window", "teacher.fit_steps",
+)
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """The values of LABEL_KEYS: equal requests share one cache entry (hashable, picklable)."""
+    values: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> "LabelRequest":
+        flat = flatten(cfg)
+        return cls(tuple((key, flat[key]) for key in LABEL_KEYS))
+
+    def config(self) -> ExperimentConfig:
+        """A config holding only the request's values (defaults elsewhere): all that the key may read."""
+        return build_config(dict(self.values), "label request")
+
+
+def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
+    """The labeling job of `cfg`: its key from the LabelRequest alone; how it runs (actors, batch) from cfg."""
+    from orchestrator.data.voc import load_vocabulary
+    from orchestrator.teachers.base import weights_digest_for
+
+    source = LabelRequest.from_config(cfg).config()
+    data_root = dataset_root(source, cache_root)
+    spec = teacher_spec(source, cache_root, data_root)
+    vocab = teacher_vocabulary(data_root, load_vocabulary(data_root))
+    corpus = ood_corpus(source, data_root)  # the whole corpus: subsets (ood.num_images) read from it
+    items = [(image_id, path) for image_id, path, _ in corpus]
+    weights = weights_digest_for(spec.pretrained, spec.arch) if os.path.isfile(spec.pretrained) or \
+        spec.kind == "maskclip" else "missing"
+    inputs = key_inputs(teacher_kind=spec.kind, weights_digest=weights, arch=spec.arch, templates=spec.templates,
+                        resolution=spec.resolution, sliding_window=spec.sliding_window,
+                        vocabulary=vocab.to_dict(), corpus=corpus_fingerprint([p for _, p in items]))
+    r = cfg.resources
+    device = "cuda" if r.gpus_per_teacher > 0 else "cpu"
+    return LabelingJob(store=LabelStore.at(cache_root, cache_key(inputs)), key_inputs=inputs, items=items,
+                       teacher_spec={**asdict(spec), "device": device}, vocabulary=vocab.to_dict(),
+                       actors=r.teacher_actors, cpus_per_actor=r.cpus_per_teacher, gpus_per_actor=r.gpus_per_teacher,
+                       batch_size=cfg.teacher.batch_size, max_broken_share=cfg.data.max_broken_share,
+                       masks=tuple(mask for _, _, mask in corpus))
+
+
+def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print) -> LabelingOutcome:
+    """Fit the teacher if needed, then label the corpus unless its key is cached. Needs ray.init()."""
+    from orchestrator.labels.pipeline import run_labeling
+
+    ensure_fitted_teacher(cfg, cache_root, dataset_root(cfg, cache_root), log)
+    job = label_job(cfg, cache_root)
+    if not job.store.is_complete():
+        log(f"labeling {len(job.items)} OOD images with {cfg.teacher.kind} on "
+            f"{job.actors} actor(s) → {job.store.root}")
+    return run_labeling(job)

@@ -1,0 +1,252 @@
+"""Run a sweep: validate → label what the trials need (once) → Ray Tune → MLflow → results table.
+
+Everything that can be decided without Ray is decided first (search_space, sweep_plan), so a bad space
+file fails in a second, before Ray starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.config import config_from_flat
+from orchestrator.core.console import Console
+from orchestrator.core.errors import UserError
+from orchestrator.core.paths import default_cache_root, default_storage_root, inside, resolve_root
+from orchestrator.sweep.space import SearchSpace, load_space, resolve_base, to_param_space
+from orchestrator.labels.job import LabelRequest
+from orchestrator.sweep import results
+from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, max_concurrent_trials
+from orchestrator.tracking import client as mlflow_runs
+from orchestrator.tracking.callback import make_trial_callback
+
+STATE_FILE = "sweep.json"
+
+
+@dataclass
+class SweepRequest:
+    space: str
+    name: str | None = None
+    tracking_uri: str | None = None
+    storage: str | None = None
+    cache: str | None = None
+    resume: bool = False
+    max_concurrent: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    rows: list[results.TrialRow]
+    table: str
+    seconds: float
+    tracking_uri: str
+
+
+def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's base config: new, or (on --resume) the one it started with."""
+    state_file = sweep_dir / STATE_FILE
+    if req.resume:
+        if not state_file.is_file():
+            raise UserError(f"nothing to resume: no sweep '{sweep_dir.name}' in {sweep_dir.parent}. "
+                            f"Fix: drop --resume to start it, or pass the --name/--storage it ran with.")
+        state = json.loads(state_file.read_text())
+        if req.overrides:
+            new = resolve_base(space, req.overrides)
+            # a key the code added after the sweep started is not a change the user made
+            changed = sorted(k for k in new if new[k] != state["base"].get(k, new[k]))
+            if changed:
+                raise UserError(f"--resume with --set changes {', '.join(changed)} of sweep '{sweep_dir.name}'. "
+                                f"Fix: resume without --set, or start a new sweep with --name.")
+        return state
+    if state_file.is_file():
+        raise UserError(f"sweep '{sweep_dir.name}' already exists in {sweep_dir.parent}. "
+                        f"Fix: pass --resume to continue it, or --name NEW_NAME to start another.")
+    base = resolve_base(space, req.overrides)
+    labeling_configs(space, base)  # refuse a bad space before anything is written
+    state = {"name": sweep_dir.name, "space": space.source, "space_text": Path(space.source).read_text(),
+             "base": base, "overrides": req.overrides, "created": time.time()}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, default=str))
+    tmp.replace(state_file)
+    return state
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """What the Tuner of one sweep is built from (decided before Ray Tune starts)."""
+    name: str
+    space: SearchSpace
+    base: dict[str, Any]
+    storage: Path            # Tune's storage root; the sweep's folder is storage / name
+    cache: Path
+    uri: str                 # MLflow tracking URI
+    experiment_id: str
+    parent_run_id: str
+    label_stores: dict[LabelRequest, str]
+    resume: bool
+    quiet: bool
+
+    @property
+    def sweep_dir(self) -> Path:
+        return inside(self.storage, self.name)
+
+
+def run_sweep(req: SweepRequest) -> SweepOutcome:
+    started = time.time()
+    console = Console(req.quiet)
+    space = load_space(req.space)
+    name = req.name or space.name
+    if req.max_concurrent is not None:
+        if req.max_concurrent < 1:
+            raise UserError("--max-concurrent must be >= 1. Fix: pass a positive number.")
+        space = SearchSpace(**{**space.__dict__, "max_concurrent_trials": req.max_concurrent})
+    storage = resolve_root(req.storage, default_storage_root())
+    cache = resolve_root(req.cache, default_cache_root())
+    uri = mlflow_runs.resolve_tracking_uri(req.tracking_uri)
+    sweep_dir = inside(storage, name)
+    state = prepare_state(req, space, sweep_dir)
+    base = state["base"]
+    to_label = labeling_configs(space, base)   # validates label-relevant axes before Ray starts
+    console.say(f"sweep '{name}': {space.num_trials()} trial(s) from {space.source}; storage {sweep_dir}")
+
+    from orchestrator.runtime import init_ray
+
+    init_ray(quiet=req.quiet)
+    label_stores, labeling = prepare_data_and_labels(base, to_label, cache, console.say)
+
+    experiment_id = mlflow_runs.ensure_experiment(uri, name)
+    parent = mlflow_runs.start_parent_run(uri, experiment_id, name, base, resume=req.resume)
+    _log_sweep_inputs(uri, parent, state, labeling)
+    teacher_runs = sum(not summary["reused"] for summary in labeling)
+    mlflow_runs.log_metrics(uri, parent, {"labeling.keys": len(labeling), "labeling.teacher_runs": teacher_runs})
+    console.say(f"OOD labels: {len(labeling)} key(s) for {space.num_trials()} trial(s); the teacher ran for "
+                f"{teacher_runs}, {len(labeling) - teacher_runs} reused from the cache; trials never run it")
+
+    run = SweepRun(name, space, base, storage, cache, uri, experiment_id, parent, label_stores, req.resume, req.quiet)
+    grid = _fit_tuner(run, console)
+    rows = results.rows_from_result_grid(grid, space.swept_keys, space.metric, space.mode,
+                                         int(base["train.epochs"]))
+    table = results.format_text(rows, space.swept_keys, space.metric)
+    mlflow_runs.log_text(uri, parent, results.format_markdown(rows, space.swept_keys, space.metric),
+                         "summary/results.md")
+    mlflow_runs.log_text(uri, parent, results.format_csv(rows, space.swept_keys, space.metric), "summary/results.csv")
+    seconds = time.time() - started
+    mlflow_runs.log_metrics(uri, parent, {"sweep_seconds": seconds,
+                                          "cost.trial_seconds_total": sum(r.seconds for r in rows)})
+    mlflow_runs.finish_run(uri, parent, failed=any(r.status == "error" for r in rows))
+    return SweepOutcome(name, experiment_id, parent, rows, table, seconds, uri)
+
+
+def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]], cache: Path, say
+                            ) -> tuple[dict[LabelRequest, str], list[dict]]:
+    """Generate the benchmark if needed and label each distinct LabelRequest once, before any trial.
+    Returns the label store of each request (handed to the trials) and the labeling summaries."""
+    from orchestrator.data.plan import dataset_root
+    from orchestrator.labels.job import ensure_labels
+
+    dataset_root(config_from_flat(base), cache)
+    stores, summaries = {}, []
+    for flat in to_label:
+        cfg = config_from_flat(flat)
+        outcome = ensure_labels(cfg, cache, say)
+        summary = outcome.summary()
+        say(("reused" if outcome.reused else "labeled") + f" OOD pseudo-labels: {json.dumps(summary)}")
+        stores[LabelRequest.from_config(cfg)] = outcome.path
+        summaries.append(summary)
+    return stores, summaries
+
+
+def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: list[dict]) -> None:
+    from orchestrator.labels.diagnostics import metrics_for_mlflow
+
+    mlflow_runs.log_text(uri, parent, state["space_text"], f"inputs/{Path(state['space']).name}")
+    mlflow_runs.log_text(uri, parent, json.dumps(state["base"], indent=1, sort_keys=True), "inputs/base_config.json")
+    for i, summary in enumerate(labeling):
+        entry = Path(summary["path"])
+        manifest = entry / "manifest.json"
+        if manifest.is_file():
+            mlflow_runs.log_text(uri, parent, manifest.read_text(), f"labeling/{summary['cache_key']}/manifest.json")
+        diagnostics = entry / "diagnostics"   # plots + numbers kept with the cache entry (labels.diagnostics)
+        metrics = {}
+        if diagnostics.is_dir():
+            mlflow_runs.log_folder(uri, parent, diagnostics, f"labeling/{summary['cache_key']}/diagnostics")
+            numbers = json.loads((diagnostics / "diagnostics.json").read_text())
+            metrics.update(metrics_for_mlflow(numbers, f"teacher.{i}." if len(labeling) > 1 else "teacher."))
+        prefix = f"labeling.{i}." if len(labeling) > 1 else "labeling."
+        metrics.update({prefix + key: float(summary[key]) for key in ("images", "labeled", "rejected", "seconds")})
+        metrics[prefix + "reused"] = float(summary["reused"])
+        mlflow_runs.log_metrics(uri, parent, metrics)
+
+
+def _fit_tuner(run: SweepRun, console: Console):
+    import ray
+    from ray import tune
+
+    from orchestrator.trial import run_trial
+
+    resources = {k: v for k, v in driver_resources(run.base).items() if v > 0}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=run.base, cache_root=str(run.cache), storage=str(run.sweep_dir),
+                             label_stores=run.label_stores), resources)
+    if run.resume:
+        if not tune.Tuner.can_restore(str(run.sweep_dir)):
+            console.say(f"no Tune state in {run.sweep_dir} yet: starting the trials from the beginning")
+        else:
+            console.say(f"resuming sweep '{run.name}' from {run.sweep_dir}")
+            return tune.Tuner.restore(str(run.sweep_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True).fit()
+    # Save Tune's experiment state often: a crash then loses at most a second of bookkeeping, so a finished
+    # trial is not re-run on --resume (the default period adapts upwards from 10 s).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    concurrent = max_concurrent_trials(run.space, run.base, ray.cluster_resources().get("CPU", 1))
+    callback = make_trial_callback(run.uri, run.experiment_id, run.parent_run_id, run.name, run.base, run.sweep_dir,
+                                   progress=None if run.quiet else _progress_line(run.space))
+    tuner = tune.Tuner(
+        trainable,
+        param_space=to_param_space(run.space),
+        tune_config=_tune_config(run.space, run.base, concurrent),
+        run_config=tune.RunConfig(name=run.name, storage_path=str(run.storage), callbacks=[callback],
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  # local-mode trials report checkpoints to Tune, which keeps each one's
+                                  # metrics in the experiment state: keep only the last two
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  verbose=0 if run.quiet else 1),
+    )
+    return tuner.fit()
+
+
+def _tune_config(space: SearchSpace, base: dict[str, Any], concurrent: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if space.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=asha_max_t(space, base),
+                                  grace_period=space.scheduler.grace_period,
+                                  reduction_factor=space.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    # the limit goes on the generator: Tune ignores max_concurrent_trials when it is given a generator instance
+    return tune.TuneConfig(metric=space.metric, mode=space.mode, scheduler=scheduler, num_samples=space.num_samples,
+                           search_alg=BasicVariantGenerator(random_state=space.seed, max_concurrent=concurrent))
+
+
+def _progress_line(space: SearchSpace):
+    """A one-line live progress message per trial epoch (stdout of the sweep driver)."""
+    def show(trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
+        swept = " ".join(f"{k}={config.get(k)}" for k in space.swept_keys)
+        miou, best = result.get("val_miou"), result.get("best_val_miou")
+        text = f"[{trial_id}] {swept} epoch {result.get('epoch')}: val_miou {miou:.2f} (best {best:.2f})" \
+            if isinstance(miou, float) and isinstance(best, float) else f"[{trial_id}] {swept} {result}"
+        print(text, file=sys.stdout, flush=True)
+    return show

@@ -1,0 +1,98 @@
+"""Which teacher weights a run uses, and fitting the benchmark's textseg teacher when they are missing.
+
+The fitted teacher is cached under `<cache>/teachers/`, keyed by its fit settings and source corpus. The fit
+runs as a Ray task when Ray is up (so a cluster can give it a GPU), else in this process.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.core.config import ExperimentConfig
+from orchestrator.core.digest import digest_json
+from orchestrator.core.errors import UserError
+from orchestrator.core.paths import inside
+from orchestrator.teachers.spec import TeacherSpec
+
+TEXTSEG_FIT_VERSION = "2"  # bump when fit_textseg changes what it learns; older fitted files stop matching
+
+
+def fitted_textseg_path(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> Path:
+    """Where the benchmark's fitted textseg teacher lives: keyed by its fit settings and source corpus."""
+    manifest = data_root / "manifest.json"
+    source_digest = json.loads(manifest.read_text()).get("digest", "") if manifest.is_file() else str(data_root)
+    key = digest_json({"steps": cfg.teacher.fit_steps, "templates": cfg.teacher.templates,
+                       "source": source_digest, "seed": cfg.data.seed, "version": TEXTSEG_FIT_VERSION}, 16)
+    return inside(cache_root, "teachers", f"textseg-{key}.pt")
+
+
+def teacher_spec(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> TeacherSpec:
+    """The teacher a config asks for, with its weights resolved to a file (or an open_clip tag for maskclip)."""
+    t = cfg.teacher
+    pretrained = t.pretrained
+    if not pretrained:
+        if t.kind != "textseg":
+            raise UserError(f"teacher.kind={t.kind} needs teacher.pretrained: a local open_clip checkpoint "
+                            f"file (nothing can be downloaded here). Fix: --set teacher.pretrained=/path/model.pt")
+        pretrained = str(fitted_textseg_path(cfg, cache_root, data_root))
+    elif Path(pretrained).expanduser().is_file():
+        pretrained = str(Path(pretrained).expanduser().resolve())
+    elif t.kind == "textseg":  # maskclip may name an open_clip tag instead of a file
+        raise UserError(f"teacher.pretrained: file '{pretrained}' does not exist. "
+                        f"Fix: give the path of a checkpoint written by `python run.py teacher fit`.")
+    device = "cuda" if cfg.resources.gpus_per_teacher > 0 else "cpu"
+    return TeacherSpec(kind=t.kind, pretrained=pretrained, arch=t.arch if t.kind == "maskclip" else "",
+                       templates=t.templates, resolution=t.resolution, sliding_window=t.sliding_window,
+                       device=device)
+
+
+def ensure_fitted_teacher(cfg: ExperimentConfig, cache_root: Path, data_root: Path, log=print) -> Path | None:
+    """Fit the benchmark's textseg teacher on the source corpus unless it is cached. Returns its path."""
+    if cfg.teacher.kind != "textseg" or cfg.teacher.pretrained:
+        return None
+    path = fitted_textseg_path(cfg, cache_root, data_root)
+    if path.is_file():
+        return path
+    log(f"fitting the textseg teacher on {data_root / 'source'} ({cfg.teacher.fit_steps} steps) → {path}")
+    fit_benchmark_teacher(data_root, path, steps=cfg.teacher.fit_steps, templates=cfg.teacher.templates,
+                          seed=cfg.data.seed, cpus=cfg.resources.cpus_per_teacher,
+                          gpus=cfg.resources.gpus_per_teacher)
+    return path
+
+
+def load_source_corpus(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    from orchestrator.core.images import load_image, load_mask
+    from orchestrator.data.voc import list_ood_corpus
+
+    pairs = list_ood_corpus(data_root / "source")
+    images = np.stack([load_image(img) for img, _ in pairs])
+    masks = np.stack([load_mask(mask) for _, mask in pairs])
+    return images, masks
+
+
+def _fit_and_save(data_root: str, out_path: str, steps: int, templates: str, seed: int, threads: int) -> str:
+    import torch
+
+    from orchestrator.data.voc import load_vocabulary
+    from orchestrator.teachers import fit_textseg, save_checkpoint
+
+    torch.set_num_threads(max(1, threads))
+    images, masks = load_source_corpus(Path(data_root))
+    vocab = load_vocabulary(data_root, key="source")
+    ckpt = fit_textseg(images, masks, vocab, steps=steps, seed=seed, templates=templates)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, out_path)
+    return out_path
+
+
+def fit_benchmark_teacher(data_root: Path, out_path: Path, *, steps: int, templates: str, seed: int,
+                          cpus: float, gpus: float) -> Path:
+    import ray
+
+    args = (str(data_root), str(out_path), steps, templates, seed, max(1, int(cpus)))
+    if ray.is_initialized():
+        task = ray.remote(_fit_and_save).options(num_cpus=max(1, int(cpus)), num_gpus=gpus)
+        return Path(ray.get(task.remote(*args)))
+    return Path(_fit_and_save(*args))

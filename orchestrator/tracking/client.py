@@ -1,0 +1,201 @@
+"""Every MLflow call of the project: experiments, runs, params, metrics, artifacts, and the runs a report reads.
+
+Only the process that drives the runs writes (a sqlite file is not safe for many writers). Runs are found
+again by tags (`role`, `sweep_name`, `trial_id`), so a resumed sweep reuses its parent run and each trial's
+child run instead of creating duplicates.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.errors import UserError
+
+ROLE_SWEEP = "sweep"
+ROLE_TRIAL = "trial"
+ROLE_RUN = "run"                 # `run.py train`: a single run, no sweep
+BROKEN_LIST = "broken_samples.txt"
+# Keys Tune adds to every result; they are bookkeeping, not measurements.
+TUNE_AUTO_KEYS = {
+    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
+    "iterations_since_restore", "checkpoint_path", "should_checkpoint", "epoch",
+}
+
+
+def resolve_tracking_uri(cli_value: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (absolute)."""
+    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri:
+        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("file:") or "://" not in uri:
+        raise UserError(f"tracking URI '{uri}' is a file store, which MLflow 3 refuses. "
+                        f"Fix: use sqlite:///path/mlflow.db or http://host:port of an mlflow server.")
+    return uri
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Keep artifacts beside a sqlite database instead of in ./mlruns of whatever the CWD is."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None  # a server decides where artifacts go
+
+
+@functools.lru_cache(maxsize=8)
+def client(uri: str):
+    """One MlflowClient per store, reused: the callback calls this for every epoch of every trial."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ui_link(base_url: str, experiment_id: str) -> str:
+    """The 'Model training' runs view (MLflow 3.17 otherwise opens its GenAI overview)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+# ---- experiments and runs -------------------------------------------------------------------------
+
+def ensure_experiment(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise UserError(f"MLflow experiment '{name}' is deleted in {uri}. "
+                            f"Fix: restore it in the MLflow UI or choose another --name.")
+        return exp.experiment_id
+    root = artifact_root_for(uri)
+    return c.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def experiment_id_of(uri: str, name: str) -> str | None:
+    exp = client(uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else None
+
+
+def _quoted(value: str) -> str | None:
+    """A value as a literal of MLflow's filter language, or None when no quote character can hold it."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    return None
+
+
+def find_runs(uri: str, experiment_id: str, **tags: str) -> list:
+    """Runs whose tags equal `tags`, newest first. Values are data, never filter syntax."""
+    literals = {k: _quoted(str(v)) for k, v in tags.items()}
+    query = " and ".join(f"tags.{k} = {q}" for k, q in literals.items() if q is not None)
+    runs = client(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
+    return [r for r in runs if all(r.data.tags.get(k) == str(v) for k, v in tags.items())]
+
+
+def create_run(uri: str, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    return client(uri).create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def start_parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict[str, Any],
+                     resume: bool) -> str:
+    """The sweep's parent run: reused on --resume, otherwise new."""
+    if resume:
+        found = find_runs(uri, experiment_id, role=ROLE_SWEEP, sweep_name=sweep_name)
+        if found:
+            run_id = found[0].info.run_id
+            client(uri).update_run(run_id, status="RUNNING")
+            return run_id
+    run_id = create_run(uri, experiment_id, sweep_name, {"role": ROLE_SWEEP, "sweep_name": sweep_name})
+    log_params(uri, run_id, params)
+    return run_id
+
+
+def reopen_run(uri: str, run_id: str) -> int:
+    """Mark a found run RUNNING again; returns the last epoch it holds (from val_miou's history)."""
+    client(uri).update_run(run_id, status="RUNNING")
+    return max((m.step for m in client(uri).get_metric_history(run_id, "val_miou")), default=0)
+
+
+def finish_run(uri: str, run_id: str, failed: bool = False) -> None:
+    client(uri).set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+# ---- what goes into a run -------------------------------------------------------------------------
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)) for k, v in sorted(params.items())]
+    for start in range(0, len(items), 100):  # MLflow's batch limit
+        client(uri).log_batch(run_id, params=items[start:start + 100])
+
+
+def measurements(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of a reported result, without Tune's bookkeeping."""
+    out = {}
+    for key, value in result.items():
+        if key in TUNE_AUTO_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for start in range(0, len(items), 1000):
+        client(uri).log_batch(run_id, metrics=items[start:start + 1000])
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    client(uri).log_text(run_id, text, artifact_file)
+
+
+def log_files(uri: str, run_id: str, paths: list[Path], artifact_dir: str | None) -> None:
+    for path in paths:
+        client(uri).log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_folder(uri: str, run_id: str, folder: Path, artifact_dir: str) -> None:
+    client(uri).log_artifacts(run_id, str(folder), artifact_dir)
+
+
+def trial_runs(uri: str, experiment_id: str) -> list[dict[str, Any]]:
+    """Each trial's newest child run, as plain dicts (a trial re-run after a resume counts once)."""
+    out, seen = [], set()
+    for run in find_runs(uri, experiment_id, role=ROLE_TRIAL):  # newest first
+        trial_id = run.data.tags.get("trial_id", run.info.run_id)
+        if trial_id not in seen:
+            seen.add(trial_id)
+            out.append({"trial_id": trial_id, "params": dict(run.data.params), "metrics": dict(run.data.metrics),
+                        "status": run.info.status})
+    return out
+
+
+# ---- epochs ---------------------------------------------------------------------------------------
+
+class EpochLogger:
+    """Logs one run's epochs once each: the pictures its rank-0 worker wrote into `files_dir`, then the
+    numbers. A resume reads the last epoch logged from val_miou, so an epoch whose metrics are in MLflow
+    also has its pictures; an epoch reported again after a worker restart is not logged twice."""
+
+    def __init__(self, uri: str, run_id: str, files_dir: Path | None, last_epoch: int = 0):
+        self.uri, self.run_id, self.files_dir, self.last_epoch = uri, run_id, files_dir, last_epoch
+
+    def log(self, result: dict[str, Any]) -> bool:
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self.last_epoch:
+            return False
+        if self.files_dir is not None:
+            pictures = sorted(self.files_dir.glob(f"*_epoch_{epoch:03d}.png"))
+            if pictures:
+                log_files(self.uri, self.run_id, pictures, "eval")
+            if result.get("broken_samples") and (self.files_dir / BROKEN_LIST).is_file():
+                log_files(self.uri, self.run_id, [self.files_dir / BROKEN_LIST], None)
+        log_metrics(self.uri, self.run_id, measurements(result), epoch)
+        self.last_epoch = epoch
+        return True
