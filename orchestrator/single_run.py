@@ -20,6 +20,7 @@ class TrainRequest:
     storage: str | None = None
     cache: str | None = None
     quiet: bool = False
+    ray_address: str | None = None   # join this cluster (else RAY_ADDRESS, else a private local Ray)
 
 
 def _epoch_printer(logger: mlflow_runs.EpochLogger, console: Console):
@@ -45,6 +46,7 @@ def make_report_callback(on_report):
 def run_single(req: TrainRequest) -> dict[str, Any]:
     from orchestrator.data.plan import build_plan
     from orchestrator.labels.job import ensure_labels
+    from orchestrator.preflight import check_shared_folders
     from orchestrator.runtime import init_ray
     from orchestrator.trial import build_trainer, make_trial_input
 
@@ -54,8 +56,11 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
     cache = resolve_root(req.cache, default_cache_root())
     storage = resolve_root(req.storage, default_storage_root())
     uri = mlflow_runs.resolve_tracking_uri(req.tracking_uri)
-    build_plan(cfg, cache)   # data errors show before Ray starts
-    init_ray(quiet=req.quiet)
+    if cfg.data.root:   # a dataset on disk: its errors show before Ray starts (only reads)
+        build_plan(cfg, cache)
+    console.say(init_ray(quiet=req.quiet, address=req.ray_address))
+    check_shared_folders({"cache": cache, "storage": storage})   # before any work: every node sees them
+    build_plan(cfg, cache)   # generates the embedded benchmark on first use
     label_store = None
     if cfg.uses_teacher_labels:
         outcome = ensure_labels(cfg, cache, console.say)

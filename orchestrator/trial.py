@@ -14,10 +14,12 @@ from typing import Any, Callable
 
 from orchestrator.core.config import ExperimentConfig, config_from_flat
 from orchestrator.core.errors import UserError
+from orchestrator.core.nodes import CUSTOM_SHARE, this_node
 from orchestrator.core.paths import run_files_dir, train_run_name
 from orchestrator.data.plan import build_plan
 from orchestrator.labels.job import LabelRequest
 from orchestrator.labels.store import LabelStore
+from orchestrator.preflight import require_visible
 from trainables.inputs import TrialInput
 
 
@@ -26,7 +28,8 @@ def make_trial_input(cfg: ExperimentConfig, cache_root: Path, label_store: str |
     plan = build_plan(cfg, cache_root)
     return TrialInput(config=cfg, labeled=plan.labeled, unlabeled=plan.unlabeled, val=plan.val, ood=plan.ood,
                       ood_masks=plan.ood_masks, class_names=tuple(plan.vocabulary.names), label_store=label_store,
-                      files_dir=str(files_dir) if files_dir else None, launched_at=time.time(), mode=mode)
+                      files_dir=str(files_dir) if files_dir else None, launched_at=time.time(), mode=mode,
+                      driver_node=this_node())
 
 
 def label_store_for(cfg: ExperimentConfig, label_stores: dict[LabelRequest, str]) -> str | None:
@@ -50,7 +53,8 @@ def build_trainer(trial: TrialInput, *, name: str, storage: str, callbacks: list
     cfg = trial.config
     r = cfg.resources
     use_gpu = r.gpus_per_worker > 0
-    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if use_gpu else {})}
+    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if use_gpu else {}),
+                  **({r.worker_resource: CUSTOM_SHARE} if r.worker_resource else {})}
     loop_config: dict[str, Any] = {"trial": trial}
     if on_report is not None:
         loop_config["on_report"] = on_report
@@ -76,6 +80,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], cache_root: str, sto
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    require_visible("cache", cache_root)                 # a node that joined after the preflight
+    require_visible("storage", Path(storage).parent)     # storage is the sweep's folder inside it
     cfg = config_from_flat({**base, **config}, "trial config")
     name = train_run_name(ray.tune.get_context().get_trial_id())
     local = cfg.train.num_workers == 0

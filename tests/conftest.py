@@ -36,6 +36,29 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A head with 0 CPUs and two worker nodes (w1: 1 CPU, w2: 2 CPUs), each worker in its own mount
+    namespace: only the cluster's `shared` folder is common to all (tests/cluster.py)."""
+    import shutil
+    from pathlib import Path
+
+    from tests.cluster import make_cluster, unshare_available
+
+    reason = unshare_available()
+    if reason:
+        pytest.skip(f"no multi-node cluster here: {reason}")
+    cluster = make_cluster(Path(__file__).resolve().parent.parent)
+    try:
+        cluster.start_head()
+        cluster.add_worker("w1", cpus=1)
+        cluster.add_worker("w2", cpus=2)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """One cache for the session, so the tiny benchmark, teacher and labels are made once."""

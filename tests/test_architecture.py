@@ -4,7 +4,7 @@ Layers, lowest first (a module may import its own layer's earlier members and an
   foundation  orchestrator.core
   worker      trainables                     (code that runs inside a Ray Train worker)
   stages      orchestrator.data → teachers → labels; orchestrator.tracking
-  drivers     orchestrator.trial, single_run, runtime, sweep
+  drivers     orchestrator.runtime, preflight → trial → single_run, sweep
   entry       orchestrator.cli, the orchestrator package (its Python API)
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -25,7 +25,7 @@ LAYERS = [
     ("trainables", 1),
     ("orchestrator.data", 2), ("orchestrator.teachers", 3), ("orchestrator.labels", 4),
     ("orchestrator.tracking", 2),
-    ("orchestrator.runtime", 5), ("orchestrator.trial", 6), ("orchestrator.single_run", 7),
+    ("orchestrator.runtime", 5), ("orchestrator.preflight", 5), ("orchestrator.trial", 6), ("orchestrator.single_run", 7),
     ("orchestrator.sweep", 7),
     ("orchestrator.cli", 8), ("orchestrator", 9),
 ]

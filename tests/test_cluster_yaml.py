@@ -34,3 +34,39 @@ def test_validation_catches_a_typo():
     cfg["max_worker"] = cfg.pop("max_workers")
     with pytest.raises(Exception, match="max_worker"):
         validated(cfg)
+
+
+def test_a_node_without_the_shared_mount_fails_its_setup(tmp_path):
+    """The mount command runs under bash with `mount` failing (no NFS server): it must exit non-zero, so the
+    node never joins without the shared folder; with a working mount it succeeds."""
+    import os
+    import stat
+    import subprocess
+
+    cfg = yaml.safe_load(CLUSTER.read_text())
+    mount_line = next(c for c in cfg["setup_commands"] if "/mnt/shared" in c)
+    assert "|| true" not in mount_line and mount_line.count("EFS_DNS_NAME=") == 1
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+
+    def fake(name: str, body: str) -> None:
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+
+    fake("sudo", 'exec "$@"')
+    fake("mkdir", "exit 0")
+    for mount_works in (False, True):
+        state = tmp_path / "mounted"
+        fake("mount", f"touch {state}; exit 0" if mount_works else "exit 32")
+        fake("mountpoint", f"test -e {state}")
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        done = subprocess.run(["bash", "-c", mount_line], env=env, capture_output=True)
+        assert (done.returncode == 0) is mount_works, done
+
+
+def test_spot_gpu_workers_are_an_option_and_trial_drivers_can_avoid_them():
+    cfg = validated(yaml.safe_load(CLUSTER.read_text()))
+    spot = cfg["available_node_types"]["gpu_spot_worker"]
+    assert spot["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}
+    assert "on_demand" not in spot["resources"]
+    assert cfg["available_node_types"][cfg["head_node_type"]]["resources"]["on_demand"] == 1

@@ -267,7 +267,7 @@ def test_run_training_keeps_logs_and_resumes_the_past_models(tmp_path):
     state = torch.load(io.BytesIO(ctx.reports[1][1]), weights_only=True)
     assert len(state["prev_models"]) == 1 and state["prev_new_best"] == bests[1]
     assert all(isinstance(v, (int, float)) for m in metrics for v in m.values())   # reports carry numbers only
-    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [f"confusion_matrix_epoch_00{e}.png"
+    assert sorted(p.name for p in (tmp_path / "files").glob("*.png")) == [f"confusion_matrix_epoch_00{e}.png"
                                                                      for e in (1, 2, 3)]
 
     resumed = RecordingContext("local", 0, 1, torch.device("cpu"), resume=ctx.reports[1][1])

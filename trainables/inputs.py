@@ -21,3 +21,4 @@ class TrialInput:
     files_dir: str | None                 # rank 0 writes per-epoch pictures and broken_samples.txt here
     launched_at: float = 0.0              # when the trainer was built (startup_seconds of the first epoch)
     mode: str = "train"                   # train | tune-local | local (see trainables.distributed)
+    driver_node: str = ""                 # the node of the process that built the trainer (recorded in MLflow)

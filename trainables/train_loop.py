@@ -7,6 +7,7 @@ it. Each epoch reports numbers only; rank 0 writes the epoch's pictures as files
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -34,6 +35,7 @@ from trainables.streams import (BrokenSamples, OODLabels, StreamFiles, StreamSam
 
 EVAL_BATCH = 32
 BROKEN_LIST = "broken_samples.txt"
+NODES_FILE = "nodes.json"   # where the run's driver and rank 0 ran (the driver tags the MLflow run)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -108,6 +110,8 @@ def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
                          ood_counts(cfg, total, cfg.seed), iters, total, amp)
     prev_rng = make_generator(seed + 7919 * state.epoch)   # PrevMatch draws; reseeded on resume like the sampler
     resumed_from = state.epoch
+    if ctx.is_main and trial.files_dir:   # again after every restart: a restarted worker may run elsewhere
+        record_nodes(trial, ctx)
     while state.epoch < cfg.train.epochs:
         started = time.time()
         guide = None
@@ -171,6 +175,15 @@ def write_epoch_files(trial: TrialInput, epoch: int, ev: "Evaluation", broken: B
     if broken.paths:
         text = "\n".join(sorted(broken.paths)) + "\n"   # one path a line (the run's metric counts them)
         write_atomically(Path(trial.files_dir) / BROKEN_LIST, text.encode())
+
+
+def record_nodes(trial: TrialInput, ctx: WorkerContext) -> None:
+    from orchestrator.core.nodes import this_node
+    from trainables.pictures import write_atomically
+
+    nodes = {"trial": trial.driver_node, "train_rank0": this_node() if ctx.mode == "train" else trial.driver_node,
+             "train_workers": ctx.world_size}
+    write_atomically(Path(trial.files_dir) / NODES_FILE, json.dumps(nodes).encode())
 
 
 def make_sampler(trial: TrialInput, ctx: WorkerContext, seed: int, broken: BrokenSamples) -> StreamSampler:

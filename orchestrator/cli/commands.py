@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(SweepRequest(space=args.space, name=args.name, tracking_uri=args.tracking_uri,
                                      storage=args.storage, cache=args.cache, resume=args.resume,
                                      max_concurrent=args.max_concurrent, overrides=parse_sets(args.sets),
-                                     quiet=args.quiet))
+                                     quiet=args.quiet, ray_address=args.ray_address))
     print(f"\nsweep '{outcome.name}' finished in {outcome.seconds:.0f} s\n")
     print(outcome.table)
     print(f"\nMLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}")
@@ -44,21 +45,29 @@ def train(args: argparse.Namespace) -> int:
 
     print_json(run_single(TrainRequest(overrides=parse_sets(args.sets), experiment=args.experiment,
                                        tracking_uri=args.tracking_uri, storage=args.storage, cache=args.cache,
-                                       quiet=args.quiet)))
+                                       quiet=args.quiet, ray_address=args.ray_address)))
     return 0
+
+
+def _start_ray(args: argparse.Namespace, console: Console) -> None:
+    """Start or join Ray, say which, and check that every node sees the cache."""
+    from orchestrator.preflight import check_shared_folders
+    from orchestrator.runtime import init_ray
+
+    console.say(init_ray(quiet=args.quiet, address=args.ray_address))
+    check_shared_folders({"cache": _cache(args)})
 
 
 def label(args: argparse.Namespace) -> int:
     from orchestrator.labels.job import ensure_labels
-    from orchestrator.runtime import init_ray
 
     cfg = build_config(parse_sets(args.sets), "--set")
     if cfg.ood.label_source != "teacher":
         raise UserError("ood.label_source is not 'teacher': there is nothing to label. "
                         "Fix: drop that --set, or set ood.label_source=teacher.")
-    init_ray(quiet=args.quiet)
-    # progress on stderr: stdout holds only the JSON summary, for scripts
-    print_json(ensure_labels(cfg, _cache(args), Console(args.quiet, sys.stderr).say).summary())
+    console = Console(args.quiet, sys.stderr)   # progress on stderr: stdout holds only the JSON summary
+    _start_ray(args, console)
+    print_json(ensure_labels(cfg, _cache(args), console.say).summary())
     return 0
 
 
@@ -96,11 +105,14 @@ def data_check(args: argparse.Namespace) -> int:
 
 def teacher_fit(args: argparse.Namespace) -> int:
     from orchestrator.data.plan import dataset_root
+    from orchestrator.runtime import choose_target
     from orchestrator.teachers.fit_task import ensure_fitted_teacher, fitted_textseg_path
 
     cfg = build_config(parse_sets(args.sets), "--set")
     if cfg.teacher.kind != "textseg":
         raise UserError(f"teacher.kind={cfg.teacher.kind} is training-free; only textseg is fitted.")
+    if choose_target(args.ray_address, os.environ).joins_cluster:   # the fit then runs as a task on a node
+        _start_ray(args, Console(args.quiet))
     root = dataset_root(cfg, _cache(args))
     path = fitted_textseg_path(cfg, _cache(args), root)
     existed = path.is_file()

@@ -27,7 +27,7 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _common(p: argparse.ArgumentParser, *, tracking: bool = True, storage: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, *, tracking: bool = True, storage: bool = True, ray: bool = True) -> None:
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set train.epochs=2; "
                         + allowed_values_help())
@@ -37,6 +37,9 @@ def _common(p: argparse.ArgumentParser, *, tracking: bool = True, storage: bool 
     if tracking:
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
                                               "sqlite:///mlflow.db in this folder)")
+    if ray:
+        p.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, which `ray job submit` "
+                                             "sets; without either, a private local Ray starts)")
     p.add_argument("--quiet", action="store_true", help="less output")
 
 
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the cache, where sweeps look for it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    _common(p, tracking=False, storage=False)
+    _common(p, tracking=False, storage=False, ray=False)
     p = dsub.add_parser("check", help="report every problem in a dataset (exit 2 if any)")
     p.add_argument("root", help="dataset root (holding JPEGImages/, SegmentationClass/, splits/)")
     p.add_argument("--split", help="only this split's files")
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, tracking=False, storage=False)
     p = tsub.add_parser("eval", help="teacher mIoU against ground truth on OOD images")
     p.add_argument("--num-images", type=int, default=500, help="how many OOD images to score")
-    _common(p, tracking=False, storage=False)
+    _common(p, tracking=False, storage=False, ray=False)
 
     p = sub.add_parser("report", help="table (mean ± std over seeds) and plots of a sweep's runs")
     p.add_argument("--experiment", required=True, action="append",

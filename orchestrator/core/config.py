@@ -130,7 +130,8 @@ class TrainConfig:
     num_workers: int = 1        # Ray Train DDP workers; 0 = local mode (in the trial process, fastest here)
     amp: bool = False           # mixed precision (GPU only)
     sync_bn: bool = False       # SyncBatchNorm across DDP workers (GPU only)
-    max_failures: int = 1       # worker failures survived per trial (restart from the last checkpoint)
+    max_failures: int = 1       # Train worker failures survived per trial (restart from the last checkpoint)
+    trial_retries: int = 1      # times Tune restarts a failed trial (e.g. its driver's node died), from its last checkpoint
     overlay_images: int = 4     # val images drawn with their predictions every epoch (0 = off); MLflow artifact
     prevmatch: bool = False     # PrevMatch guidance by past best models (docs/method.md §5); unimatch/semiovs only
     prev_max_models: int = 8    # PrevMatch: frozen snapshots kept (the oldest is dropped past this)
@@ -146,6 +147,8 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1", "use a positive batch size")
         _require(self.lr > 0, "train.lr", "must be > 0", "use a positive learning rate")
         _require(self.num_workers >= 0, "train.num_workers", "is negative", "use 0 (local mode) or more")
+        _require(self.max_failures >= 0, "train.max_failures", "is negative", "use 0 or more")
+        _require(self.trial_retries >= 0, "train.trial_retries", "is negative", "use 0 or more")
         # one picture row per image, drawn every epoch: a handful
         _between(self.overlay_images, 0, 16, "train.overlay_images")
         _require(not self.prevmatch or self.method != "supervised", "train.prevmatch",
@@ -174,6 +177,8 @@ class ResourcesConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0   # > 0 selects nccl, AMP and SyncBN where enabled
     trial_cpus: float = 0.5        # the Tune function that drives each trial's TorchTrainer
+    trial_resource: str = ""       # custom Ray resource a trial's driver needs (e.g. on-demand nodes); "" = any node
+    worker_resource: str = ""      # custom Ray resource each Train worker needs (e.g. a GPU pool); "" = any node
     teacher_actors: int = 1        # Ray Data actor-pool size for pseudo-labeling (one per GPU on a cluster)
     cpus_per_teacher: float = 1.0
     gpus_per_teacher: float = 0.0

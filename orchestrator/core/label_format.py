@@ -3,8 +3,8 @@
 
 An entry's `shards/*.parquet` hold one row per OOD image: `image_id`, `label` and `confidence` (greyscale
 PNG bytes; confidence as uint8 = round(255·p)), `error` (non-empty for an image that could not be read),
-`class_pixels` and `conf_hist` (for the diagnostics). Thresholds on confidence are applied when training
-reads the labels, so sweeping a threshold never re-runs the teacher.
+`class_pixels` and `conf_hist` (for the diagnostics), `node` (the Ray node that labeled it). Thresholds on
+confidence are applied when training reads the labels, so sweeping a threshold never re-runs the teacher.
 """
 from __future__ import annotations
 

@@ -86,12 +86,14 @@ class TeacherActor:
     def __init__(self, teacher_spec: dict[str, Any], vocabulary: dict[str, Any], threads: int):
         import torch
 
-        from orchestrator.teachers import TeacherSpec, build_teacher
+        from orchestrator.core.nodes import this_node
         from orchestrator.core.vocab import Vocabulary
+        from orchestrator.teachers import TeacherSpec, build_teacher
 
         torch.set_num_threads(max(1, threads))
         self.vocab = Vocabulary.from_dict(vocabulary)
         self.teacher = build_teacher(TeacherSpec(**teacher_spec), self.vocab)
+        self.node = this_node()   # recorded per row: which nodes labeled (the manifest lists them)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if "image" not in batch:  # no CPUs left for decode tasks: decode here (see decode_cpus)
@@ -116,7 +118,8 @@ class TeacherActor:
                 hists[i] = np.histogram(conf[j], bins=CONF_BINS, range=(0.0, 1.0))[0]
         return {"image_id": batch["image_id"], "label": np.array(labels, dtype=object),
                 "confidence": np.array(confs, dtype=object), "error": batch["error"],
-                "class_pixels": list(class_pixels), "conf_hist": list(hists)}
+                "class_pixels": list(class_pixels), "conf_hist": list(hists),
+                "node": np.array([self.node] * n, dtype=object)}
 
 
 def run_labeling(job: LabelingJob) -> LabelingOutcome:
@@ -194,7 +197,7 @@ def _write_shards(job: LabelingJob, out: Path) -> None:
 def _manifest(job: LabelingJob, shards: Path, seconds: float) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(shards, columns=["image_id", "error", "class_pixels", "conf_hist"])
+    table = pq.read_table(shards, columns=["image_id", "error", "class_pixels", "conf_hist", "node"])
     errors = table.column("error").to_pylist()
     ids = table.column("image_id").to_pylist()
     rejected = sorted(({"image_id": i, "error": e} for i, e in zip(ids, errors) if e), key=lambda r: r["image_id"])
@@ -206,6 +209,7 @@ def _manifest(job: LabelingJob, shards: Path, seconds: float) -> dict[str, Any]:
     return {
         "key": job.store.key, "key_inputs": job.key_inputs, "images": len(ids), "labeled": len(ok),
         "rejected": len(rejected), "rejected_images": rejected, "seconds": round(seconds, 2),
+        "teacher_nodes": sorted(set(table.column("node").to_pylist())),
         "labeled_ids": sorted(ids[k] for k in ok)[:max(OVERLAY_IMAGES, GT_MAX_IMAGES)],  # popped below
         "diagnostics": {"class_pixel_share": dict(zip(names, share)),
                         "confidence_histogram": hist.tolist() if hist is not None else [],

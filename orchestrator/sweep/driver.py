@@ -38,6 +38,7 @@ class SweepRequest:
     max_concurrent: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
+    ray_address: str | None = None   # join this cluster (else RAY_ADDRESS, else a private local Ray)
 
 
 @dataclass
@@ -51,8 +52,9 @@ class SweepOutcome:
     tracking_uri: str
 
 
-def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> dict[str, Any]:
-    """The sweep's base config: new, or (on --resume) the one it started with."""
+def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> tuple[dict[str, Any], bool]:
+    """(the sweep's state, whether it is new): the state it started with on --resume, else a new one that
+    `write_state` saves once the preflight has passed. Reads only: a refused sweep leaves nothing behind."""
     state_file = sweep_dir / STATE_FILE
     if req.resume:
         if not state_file.is_file():
@@ -66,19 +68,22 @@ def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> dic
             if changed:
                 raise UserError(f"--resume with --set changes {', '.join(changed)} of sweep '{sweep_dir.name}'. "
                                 f"Fix: resume without --set, or start a new sweep with --name.")
-        return state
+        return state, False
     if state_file.is_file():
         raise UserError(f"sweep '{sweep_dir.name}' already exists in {sweep_dir.parent}. "
                         f"Fix: pass --resume to continue it, or --name NEW_NAME to start another.")
     base = resolve_base(space, req.overrides)
     labeling_configs(space, base)  # refuse a bad space before anything is written
-    state = {"name": sweep_dir.name, "space": space.source, "space_text": Path(space.source).read_text(),
-             "base": base, "overrides": req.overrides, "created": time.time()}
+    return {"name": sweep_dir.name, "space": space.source, "space_text": Path(space.source).read_text(),
+            "base": base, "overrides": req.overrides, "created": time.time()}, True
+
+
+def write_state(state: dict[str, Any], sweep_dir: Path) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    state_file = sweep_dir / STATE_FILE
     tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=1, default=str))
     tmp.replace(state_file)
-    return state
 
 
 @dataclass(frozen=True)
@@ -114,14 +119,18 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     cache = resolve_root(req.cache, default_cache_root())
     uri = mlflow_runs.resolve_tracking_uri(req.tracking_uri)
     sweep_dir = inside(storage, name)
-    state = prepare_state(req, space, sweep_dir)
+    state, is_new = prepare_state(req, space, sweep_dir)
     base = state["base"]
     to_label = labeling_configs(space, base)   # validates label-relevant axes before Ray starts
     console.say(f"sweep '{name}': {space.num_trials()} trial(s) from {space.source}; storage {sweep_dir}")
 
+    from orchestrator.preflight import check_shared_folders
     from orchestrator.runtime import init_ray
 
-    init_ray(quiet=req.quiet)
+    console.say(init_ray(quiet=req.quiet, address=req.ray_address))
+    check_shared_folders({"cache": cache, "storage": storage})
+    if is_new:
+        write_state(state, sweep_dir)
     label_stores, labeling = prepare_data_and_labels(base, to_label, cache, console.say)
 
     experiment_id = mlflow_runs.ensure_experiment(uri, name)
@@ -216,7 +225,9 @@ def _fit_tuner(run: SweepRun, console: Console):
         param_space=to_param_space(run.space),
         tune_config=_tune_config(run.space, run.base, concurrent),
         run_config=tune.RunConfig(name=run.name, storage_path=str(run.storage), callbacks=[callback],
-                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  # a trial whose node dies (driver or workers) restarts from its last checkpoint
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=config_from_flat(run.base).train.trial_retries),
                                   # local-mode trials report checkpoints to Tune, which keeps each one's
                                   # metrics in the experiment state: keep only the last two
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

@@ -6,6 +6,7 @@ from typing import Any
 
 from orchestrator.core.config import config_from_flat
 from orchestrator.core.errors import SpaceError
+from orchestrator.core.nodes import CUSTOM_SHARE
 from orchestrator.labels.job import LABEL_KEYS, LabelRequest
 from orchestrator.sweep.space import DISCRETE, SearchSpace
 
@@ -50,9 +51,10 @@ def labeling_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str,
 def driver_resources(base: dict[str, Any]) -> dict[str, float]:
     """What the trial's Tune function holds: a sliver, or a whole worker's share in local mode
     (`train.num_workers: 0` trains inside that function)."""
+    custom = {base["resources.trial_resource"]: CUSTOM_SHARE} if base.get("resources.trial_resource") else {}
     if base["train.num_workers"] == 0:
-        return {"CPU": base["resources.cpus_per_worker"], "GPU": base["resources.gpus_per_worker"]}
-    return {"CPU": base["resources.trial_cpus"]}
+        return {"CPU": base["resources.cpus_per_worker"], "GPU": base["resources.gpus_per_worker"], **custom}
+    return {"CPU": base["resources.trial_cpus"], **custom}
 
 
 def per_trial_cpus(base: dict[str, Any]) -> float:

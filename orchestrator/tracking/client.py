@@ -19,6 +19,7 @@ ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
 ROLE_RUN = "run"                 # `run.py train`: a single run, no sweep
 BROKEN_LIST = "broken_samples.txt"
+NODES_FILE = "nodes.json"
 # Keys Tune adds to every result; they are bookkeeping, not measurements.
 TUNE_AUTO_KEYS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
@@ -185,12 +186,14 @@ class EpochLogger:
 
     def __init__(self, uri: str, run_id: str, files_dir: Path | None, last_epoch: int = 0):
         self.uri, self.run_id, self.files_dir, self.last_epoch = uri, run_id, files_dir, last_epoch
+        self.nodes: dict[str, Any] = {}
 
     def log(self, result: dict[str, Any]) -> bool:
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         if epoch <= self.last_epoch:
             return False
         if self.files_dir is not None:
+            self._tag_nodes()
             pictures = sorted(self.files_dir.glob(f"*_epoch_{epoch:03d}.png"))
             if pictures:
                 log_files(self.uri, self.run_id, pictures, "eval")
@@ -199,3 +202,17 @@ class EpochLogger:
         log_metrics(self.uri, self.run_id, measurements(result), epoch)
         self.last_epoch = epoch
         return True
+
+    def _tag_nodes(self) -> None:
+        """Tags node.trial and node.train_rank0: where the run's driver and its rank 0 ran (updated after a
+        restart on another node)."""
+        import json
+
+        try:
+            nodes = json.loads((self.files_dir / NODES_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        if nodes != self.nodes:
+            client(self.uri).set_tag(self.run_id, "node.trial", nodes.get("trial", ""))
+            client(self.uri).set_tag(self.run_id, "node.train_rank0", nodes.get("train_rank0", ""))
+            self.nodes = nodes

@@ -1,0 +1,212 @@
+"""A multi-node Ray cluster on one machine, whose worker nodes cannot see the head's local files.
+
+The head (0 CPUs, like cluster.yaml's) is a `ray start --head --block` process. Each worker node is a
+`ray start --address … --block` process in its own mount namespace (`unshare -m`), with a tmpfs over the
+head's Ray temp folder (where `ray job submit` unpacks the job's working directory, and so where a
+sweep's default `.semiovs` lands) and over the project's `.semiovs`: as on a second machine, only the
+`shared` folder is common to all nodes, standing in for NFS/EFS. Each worker node carries a custom
+resource named after it, so a test can tell the nodes apart. Every process is started here and stopped
+here by its PID; everything binds to loopback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY = str(Path(sys.executable).parent / "ray")
+# `ray start` clusters use token authentication, which the CLI clients must be told about.
+CLUSTER_ENV = {"RAY_AUTH_MODE": "token"}
+# Ray swaps the literal 127.0.0.1 for the machine's outward address; other loopback addresses it keeps. So
+# each node gets its own loopback address (as separate machines have their own), and all the cluster's
+# traffic stays on loopback.
+HEAD_IP = "127.0.0.2"
+
+
+def unshare_available() -> str | None:
+    """None when mount namespaces work here, else the reason they do not."""
+    if not shutil.which("unshare"):
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"unshare -m is not permitted here ({probe.stderr.strip() or probe.returncode}); it needs root"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def raylet_pid(self) -> int | None:
+        """The node's raylet (a child of `ray start --block`, inside the namespace's shell for workers)."""
+        out = subprocess.run(["ps", "-eo", "pid,ppid,comm"], capture_output=True, text=True).stdout
+        children: dict[int, list[tuple[int, str]]] = {}
+        for line in out.splitlines()[1:]:
+            pid, ppid, comm = line.split(None, 2)
+            children.setdefault(int(ppid), []).append((int(pid), comm.strip()))
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            for child, comm in children.get(pid, []):
+                if comm == "raylet":
+                    return child
+                todo.append(child)
+        return None
+
+
+@dataclass
+class LocalCluster:
+    root: Path                       # short path: Ray's socket paths must stay under 108 characters
+    project: Path                    # the folder jobs are submitted from (its .semiovs is hidden on workers)
+    port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    killed: list[Node] = field(default_factory=list)   # nodes whose raylet a test killed (stopped at the end)
+
+    @property
+    def address(self) -> str:
+        return f"{HEAD_IP}:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    def start_head(self) -> None:
+        self.shared.mkdir(parents=True, exist_ok=True)
+        (self.project / ".semiovs").mkdir(parents=True, exist_ok=True)
+        self._start("head", [RAY, "start", "--head", "--block", "--num-cpus=0", f"--node-ip-address={HEAD_IP}",
+                             f"--port={self.port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={self.dashboard_port}", f"--temp-dir={self.root / 'h'}",
+                             *own_agent_ports(), "--disable-usage-stats"])
+        self.wait_until(lambda: len(self.alive()) >= 1, "the head node")
+
+    def add_worker(self, name: str, cpus: int = 1, resource: str | None = None) -> Node:
+        """A worker node with the custom resource `resource` (default: its name)."""
+        hidden = [self.root / "h", self.project / ".semiovs"]
+        mounts = " && ".join(f"mount -t tmpfs tmpfs {p}" for p in hidden)
+        node_ip = f"127.0.0.{3 + len(self.nodes) + len(self.killed)}"   # each node its own loopback address
+        start = [RAY, "start", "--block", f"--address={self.address}", f"--num-cpus={cpus}",
+                 f"--node-ip-address={node_ip}", f"--temp-dir={self.root / name}",
+                 f"--resources={json.dumps({resource or name: 1})}", *own_agent_ports(), "--disable-usage-stats"]
+        shell = f"{mounts} && exec {' '.join(_quote(a) for a in start)}"
+        node = self._start(name, ["unshare", "-m", "--propagation", "private", "sh", "-c", shell])
+        self.wait_until(lambda: any(n["node_ip"] == node_ip for n in self.alive()), f"node {name} to join")
+        return node
+
+    def _start(self, name: str, cmd: list[str]) -> Node:
+        log = self.root / f"{name}.log"
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **CLUSTER_ENV}
+        proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)   # its own process group: stopped as one
+        self.nodes[name] = Node(name, proc, log)
+        return self.nodes[name]
+
+    def alive(self) -> list[dict]:
+        """The cluster's alive nodes, as `ray list nodes` reports them."""
+        out = subprocess.run([RAY, "list", "nodes", f"--address={self.address}", "--format=json", "--detail",
+                              "--filter", "state=ALIVE"], capture_output=True, text=True, env=self.env())
+        try:
+            return json.loads(out.stdout)
+        except json.JSONDecodeError:
+            return []
+
+    def wait_until(self, ready, what: str, timeout_s: float = 90.0) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            dead = [n for n in self.nodes.values() if n.proc.poll() is not None]
+            if dead:
+                raise RuntimeError(f"ray node {dead[0].name} exited: {dead[0].log.read_text()[-2000:]}")
+            if ready():
+                return
+            time.sleep(1.0)
+        raise TimeoutError(f"waited {timeout_s:.0f} s for {what}; logs in {self.root}")
+
+    def submit(self, *run_args: str, wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir <project> -- python run.py …`, as a cluster user does (blocking unless
+        wait=False). A head that has just started may have no job agent yet: then it retries, as Ray advises."""
+        cmd = [RAY, "job", "submit", *([] if wait else ["--no-wait"]), f"--address={self.dashboard}",
+               "--working-dir", str(self.project), "--", "python", "run.py", *run_args]
+        for _ in range(30):
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env(), cwd=self.project)
+            if "No available agent to submit job" not in out.stdout + out.stderr:
+                break
+            time.sleep(2)
+        return out
+
+    def env(self) -> dict[str, str]:
+        """The environment of a client of this cluster (CLI, job submission)."""
+        return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **CLUSTER_ENV,
+                "RAY_ADDRESS": self.address}
+
+    def node_named_by(self, node_id: str) -> str:
+        """Our name of the node with this Ray node id (by its custom resource)."""
+        out = subprocess.run([RAY, "list", "nodes", f"--address={self.address}", "--format=json", "--detail"],
+                             capture_output=True, text=True, env=self.env())
+        for node in json.loads(out.stdout):
+            if node["node_id"] == node_id:
+                names = [n for n in self.nodes if n in node.get("resources_total", {})]
+                return names[0] if names else "head"
+        raise KeyError(node_id)
+
+    def kill_raylet(self, name: str) -> None:
+        """A node dies as a machine does: its raylet gets SIGKILL."""
+        node = self.nodes.pop(name)
+        self.killed.append(node)
+        pid = node.raylet_pid()
+        if pid is None:
+            raise RuntimeError(f"no raylet found under node {name}")
+        os.kill(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for node in self.killed + list(reversed(list(self.nodes.values()))):   # workers first, the head last
+            _stop_group(node.proc)
+        self.nodes.clear()
+        self.killed.clear()
+
+
+def own_agent_ports() -> list[str]:
+    """Ports of a node's agents that default to fixed numbers: another Ray on the machine (the test session's)
+    holds those, and a head without its dashboard agent accepts no job ("No available agent")."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the node's process group (ray start --block stops its node's processes), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _quote(arg: str) -> str:
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+def make_cluster(project: Path) -> LocalCluster:
+    return LocalCluster(root=Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")), project=project)
