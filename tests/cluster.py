@@ -52,6 +52,7 @@ class Node:
     name: str
     proc: subprocess.Popen
     log: Path
+    ip: str
 
     def raylet_pid(self) -> int | None:
         """The node's raylet (a child of `ray start --block`, inside the namespace's shell for workers)."""
@@ -94,7 +95,7 @@ class LocalCluster:
     def start_head(self) -> None:
         self.shared.mkdir(parents=True, exist_ok=True)
         (self.project / ".semiovs").mkdir(parents=True, exist_ok=True)
-        self._start("head", [RAY, "start", "--head", "--block", "--num-cpus=0", f"--node-ip-address={HEAD_IP}",
+        self._start("head", HEAD_IP, [RAY, "start", "--head", "--block", "--num-cpus=0", f"--node-ip-address={HEAD_IP}",
                              f"--port={self.port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                              f"--dashboard-port={self.dashboard_port}", f"--temp-dir={self.root / 'h'}",
                              *own_agent_ports(), "--disable-usage-stats"])
@@ -109,16 +110,16 @@ class LocalCluster:
                  f"--node-ip-address={node_ip}", f"--temp-dir={self.root / name}",
                  f"--resources={json.dumps({resource or name: 1})}", *own_agent_ports(), "--disable-usage-stats"]
         shell = f"{mounts} && exec {' '.join(_quote(a) for a in start)}"
-        node = self._start(name, ["unshare", "-m", "--propagation", "private", "sh", "-c", shell])
+        node = self._start(name, node_ip, ["unshare", "-m", "--propagation", "private", "sh", "-c", shell])
         self.wait_until(lambda: any(n["node_ip"] == node_ip for n in self.alive()), f"node {name} to join")
         return node
 
-    def _start(self, name: str, cmd: list[str]) -> Node:
+    def _start(self, name: str, ip: str, cmd: list[str]) -> Node:
         log = self.root / f"{name}.log"
         env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **CLUSTER_ENV}
         proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)   # its own process group: stopped as one
-        self.nodes[name] = Node(name, proc, log)
+        self.nodes[name] = Node(name, proc, log, ip)
         return self.nodes[name]
 
     def alive(self) -> list[dict]:
@@ -159,14 +160,9 @@ class LocalCluster:
                 "RAY_ADDRESS": self.address}
 
     def node_named_by(self, node_id: str) -> str:
-        """Our name of the node with this Ray node id (by its custom resource)."""
-        out = subprocess.run([RAY, "list", "nodes", f"--address={self.address}", "--format=json", "--detail"],
-                             capture_output=True, text=True, env=self.env())
-        for node in json.loads(out.stdout):
-            if node["node_id"] == node_id:
-                names = [n for n in self.nodes if n in node.get("resources_total", {})]
-                return names[0] if names else "head"
-        raise KeyError(node_id)
+        """Our name of the alive node with this Ray node id (each node has its own loopback address)."""
+        ip = next(n["node_ip"] for n in self.alive() if n["node_id"] == node_id)
+        return next(node.name for node in self.nodes.values() if node.ip == ip)
 
     def kill_raylet(self, name: str) -> None:
         """A node dies as a machine does: its raylet gets SIGKILL."""
