@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from orchestrator.core.config import build_config
+from orchestrator.data.plan import build_plan
 from orchestrator.core.paths import default_cache_root, resolve_root
 from trainables.distributed import WorkerContext
 from trainables.models import build_student
@@ -111,7 +112,8 @@ def main() -> None:
     storage = Path(tempfile.mkdtemp(prefix="bench-train-"))
     for workers in (0, 2):
         cfg = build_config({**base, "train.num_workers": workers})
-        trial = make_trial_input(cfg, cache, label_store(cfg, cache), None, "local" if workers == 0 else "train")
+        trial = make_trial_input(cfg, build_plan(cfg, cache), label_store(cfg, cache), None,
+                                 "local" if workers == 0 else "train")
         plain = plain_steps_per_s(trial) if workers == 0 else plain_ddp_steps_per_s(trial)
         rate, startup = ray_steps_per_s(trial, storage, f"bench-{workers}")
         label = "local mode vs plain loop" if workers == 0 else "2-worker DDP vs plain torch DDP"

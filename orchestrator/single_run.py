@@ -60,7 +60,7 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
         build_plan(cfg, cache)
     console.say(init_ray(quiet=req.quiet, address=req.ray_address))
     check_shared_folders({"cache": cache, "storage": storage})   # before any work: every node sees them
-    build_plan(cfg, cache)   # generates the embedded benchmark on first use
+    plan = build_plan(cfg, cache)   # generates the embedded benchmark on first use
     label_store = None
     if cfg.uses_teacher_labels:
         outcome = ensure_labels(cfg, cache, console.say)
@@ -73,7 +73,7 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
     name = train_run_name(run_id)
     files = run_files_dir(storage, name)
     local = cfg.train.num_workers == 0
-    trial = make_trial_input(cfg, cache, label_store, files, mode="local" if local else "train")
+    trial = make_trial_input(cfg, plan, label_store, files, mode="local" if local else "train")
     on_report = _epoch_printer(mlflow_runs.EpochLogger(uri, run_id, files), console)
     trainer = build_trainer(trial, name=name, storage=str(storage),
                             callbacks=[] if local else [make_report_callback(on_report)],

@@ -16,16 +16,15 @@ from orchestrator.core.config import ExperimentConfig, config_from_flat
 from orchestrator.core.errors import UserError
 from orchestrator.core.nodes import CUSTOM_SHARE, this_node
 from orchestrator.core.paths import run_files_dir, train_run_name
-from orchestrator.data.plan import build_plan
+from orchestrator.data.plan import DataPlan, build_plan
 from orchestrator.labels.job import LabelRequest
 from orchestrator.labels.store import LabelStore
 from orchestrator.preflight import require_visible
 from trainables.inputs import TrialInput
 
 
-def make_trial_input(cfg: ExperimentConfig, cache_root: Path, label_store: str | None, files_dir: Path | None,
+def make_trial_input(cfg: ExperimentConfig, plan: DataPlan, label_store: str | None, files_dir: Path | None,
                      mode: str) -> TrialInput:
-    plan = build_plan(cfg, cache_root)
     return TrialInput(config=cfg, labeled=plan.labeled, unlabeled=plan.unlabeled, val=plan.val, ood=plan.ood,
                       ood_masks=plan.ood_masks, class_names=tuple(plan.vocabulary.names), label_store=label_store,
                       files_dir=str(files_dir) if files_dir else None, launched_at=time.time(), mode=mode,
@@ -85,7 +84,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], cache_root: str, sto
     cfg = config_from_flat({**base, **config}, "trial config")
     name = train_run_name(ray.tune.get_context().get_trial_id())
     local = cfg.train.num_workers == 0
-    trial = make_trial_input(cfg, Path(cache_root), label_store_for(cfg, label_stores),
+    trial = make_trial_input(cfg, build_plan(cfg, Path(cache_root)), label_store_for(cfg, label_stores),
                              run_files_dir(Path(storage), name), mode="tune-local" if local else "train")
     trainer = build_trainer(trial, name=name, storage=storage, callbacks=[] if local else [TuneReportCallback()])
     trainer.fit()

@@ -12,11 +12,12 @@ pytestmark = pytest.mark.e2e
 
 
 def fit(cfg_overrides, cache, storage):
+    from orchestrator.data.plan import build_plan
     from orchestrator.trial import build_trainer, make_trial_input
 
     cfg = build_config({**TINY, "train.method": "unimatch", "train.num_workers": 2,
                         "resources.cpus_per_worker": 1.0, **cfg_overrides})
-    trial = make_trial_input(cfg, cache, None, storage / "files", mode="train")
+    trial = make_trial_input(cfg, build_plan(cfg, cache), None, storage / "files", mode="train")
     trainer = build_trainer(trial, name="ddp-run", storage=str(storage), callbacks=[])
     return trainer.fit()
 
