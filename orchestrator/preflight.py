@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.core import storage as store
 from orchestrator.core.errors import UserError
 from orchestrator.core.nodes import describe_node, this_node
 
@@ -23,14 +24,21 @@ _PROBE_PREFIX = ".semiovs-preflight-"
 
 @dataclass(frozen=True)
 class NodeSight:
-    """What one node saw: the folders (by role) whose marker it read back."""
+    """What one node saw: the folders (by role) whose marker it read back, and why others failed."""
     node: str                 # readable: ip, short id, custom resources
     seen: frozenset[str]
+    errors: tuple[tuple[str, str], ...] = ()   # (role, error) where reading a remote store raised
 
 
 def blind_spots(sights: list[NodeSight], folders: dict[str, str]) -> list[tuple[str, str]]:
     """(role, node) for every folder some node could not see (pure)."""
     return [(role, sight.node) for sight in sights for role in folders if role not in sight.seen]
+
+
+def unreachable_message(role: str, uri: str, node: str, error: str) -> str:
+    return (f"the {role} {uri} cannot be read from Ray node {node} ({error or 'the probe file was not there'}). "
+            f"Fix: give every node the store's credentials and endpoint (AWS_ENDPOINT_URL or "
+            f"?endpoint_override=HOST:PORT in the URI; README: Cloud storage), or pass a shared folder.")
 
 
 def not_shared_message(role: str, folder: str, node: str) -> str:
@@ -40,30 +48,34 @@ def not_shared_message(role: str, folder: str, node: str) -> str:
             f"(README: Run on a cluster).")
 
 
-def check_shared_folders(folders: dict[str, Path]) -> None:
-    """Raise a UserError unless every alive node sees each folder (role -> local path). Needs ray.init()."""
-    import ray
-
-    local = {role: path for role, path in folders.items() if "://" not in str(path)}   # URIs: the same anywhere
-    if not local:
-        return
+def check_shared_folders(folders: dict[str, Path | str]) -> None:
+    """Raise a UserError unless every alive node sees each root (role -> folder or storage URI): the driver
+    writes a probe file, a task on each node reads it back. Needs ray.init()."""
+    roots = {role: str(path) for role, path in folders.items()}
     token = secrets.token_hex(8)
     markers = {}
-    for role, path in local.items():
-        Path(path).mkdir(parents=True, exist_ok=True)
-        markers[role] = Path(path) / f"{_PROBE_PREFIX}{token}"
-        markers[role].write_text(token)
+    for role, root in roots.items():
+        markers[role] = store.join(root, f"{_PROBE_PREFIX}{token}")
+        try:
+            store.write_text(markers[role], token)
+        except OSError as err:
+            raise UserError(f"cannot write to the {role} {root}: {err}. Fix: check the path (or the bucket, its "
+                            f"endpoint and credentials), or pass another --{role}.") from None
     try:
-        sights = _look_from_every_node({role: str(m) for role, m in markers.items()}, token)
+        sights = _look_from_every_node(markers, token)
     finally:
         for marker in markers.values():
-            marker.unlink(missing_ok=True)
-    problems = blind_spots(sights, local)
+            store.delete_file(marker)
+    problems = blind_spots(sights, roots)
     if problems:
         role, node = problems[0]
-        raise UserError(not_shared_message(role, str(local[role]), node))
-    for role, path in local.items():   # lasting markers: a trial on a node that joins later checks them
-        (Path(path) / ROOT_MARKER).write_text(f"the {role} root of a semiovs-orchestrator run\n")
+        if store.is_uri(roots[role]):
+            error = next((e for s in sights if s.node == node for r, e in s.errors if r == role), "")
+            raise UserError(unreachable_message(role, roots[role], node, error))
+        raise UserError(not_shared_message(role, roots[role], node))
+    for role, root in roots.items():   # lasting markers: a trial on a node that joins later checks them
+        if not store.is_uri(root):
+            (Path(root) / ROOT_MARKER).write_text(f"the {role} root of a semiovs-orchestrator run\n")
 
 
 def require_visible(role: str, folder: str | Path) -> None:
@@ -77,19 +89,19 @@ def _look_from_every_node(markers: dict[str, str], token: str, timeout_s: float 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0, max_retries=0)
-    def look(paths: dict[str, str]) -> list[str]:
-        seen = []
+    def look(paths: dict[str, str]) -> tuple[list[str], list[tuple[str, str]]]:
+        seen, errors = [], []
         for role, path in paths.items():
             try:
-                if Path(path).read_text() == token:
+                if store.read_text(path) == token:
                     seen.append(role)
-            except OSError:   # not there: this node does not see the folder
-                pass
-        return seen
+            except OSError as err:   # a folder this node does not see, or a store it cannot reach
+                errors.append((role, str(err)[:300]))
+        return seen, errors
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(markers)
             for n in nodes]
     results = ray.get(refs, timeout=timeout_s)
-    return [NodeSight(describe_node(n["NodeManagerAddress"], n["NodeID"], n["Resources"]), frozenset(seen))
-            for n, seen in zip(nodes, results)]
+    return [NodeSight(describe_node(n["NodeManagerAddress"], n["NodeID"], n["Resources"]), frozenset(seen),
+                      tuple(errors)) for n, (seen, errors) in zip(nodes, results)]

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from orchestrator.core.config import build_config, flatten
 from orchestrator.core.console import Console
-from orchestrator.core.paths import default_cache_root, default_storage_root, resolve_root, run_files_dir, train_run_name
+from orchestrator.core import storage as store
+from orchestrator.core.paths import default_cache_root, default_storage_root, files_root, resolve_root, run_files_dir, train_run_name
 from orchestrator.tracking import client as mlflow_runs
 
 
@@ -54,7 +54,7 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
     console = Console(req.quiet)
     cfg = build_config(req.overrides, "--set")
     cache = resolve_root(req.cache, default_cache_root())
-    storage = resolve_root(req.storage, default_storage_root())
+    storage = store.resolve_storage(req.storage, default_storage_root())
     uri = mlflow_runs.resolve_tracking_uri(req.tracking_uri)
     if cfg.data.root:   # a dataset on disk: its errors show before Ray starts (only reads)
         build_plan(cfg, cache)
@@ -71,11 +71,11 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
                                     {"role": mlflow_runs.ROLE_RUN})
     mlflow_runs.log_params(uri, run_id, flatten(cfg))
     name = train_run_name(run_id)
-    files = run_files_dir(storage, name)
+    files = run_files_dir(files_root(storage, cache), name)
     local = cfg.train.num_workers == 0
     trial = make_trial_input(cfg, plan, label_store, files, mode="local" if local else "train")
     on_report = _epoch_printer(mlflow_runs.EpochLogger(uri, run_id, files), console)
-    trainer = build_trainer(trial, name=name, storage=str(storage),
+    trainer = build_trainer(trial, name=name, storage=storage,
                             callbacks=[] if local else [make_report_callback(on_report)],
                             on_report=on_report if local else None)
     try:
@@ -87,4 +87,4 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
     metrics = result.metrics or {}
     return {"run_id": run_id, "experiment_id": experiment_id, "best_val_miou": metrics.get("best_val_miou"),
             "epochs": metrics.get("epoch"), "seconds": round(time.time() - started, 1),
-            "checkpoint": str(Path(result.checkpoint.path)) if result.checkpoint else None}
+            "checkpoint": result.checkpoint.path if result.checkpoint else None}

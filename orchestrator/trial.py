@@ -16,6 +16,7 @@ from orchestrator.core.config import ExperimentConfig, config_from_flat
 from orchestrator.core.errors import UserError
 from orchestrator.core.nodes import CUSTOM_SHARE, this_node
 from orchestrator.core.paths import run_files_dir, train_run_name
+from orchestrator.core.storage import is_uri
 from orchestrator.data.plan import DataPlan, build_plan
 from orchestrator.labels.job import LabelRequest
 from orchestrator.labels.store import LabelStore
@@ -73,18 +74,20 @@ def build_trainer(trial: TrialInput, *, name: str, storage: str, callbacks: list
     )
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], cache_root: str, storage: str,
+def run_trial(config: dict[str, Any], base: dict[str, Any], cache_root: str, storage: str, files_root: str,
               label_stores: dict[LabelRequest, str]) -> None:
-    """Tune entry point (bound with tune.with_parameters)."""
+    """Tune entry point (bound with tune.with_parameters). `storage` is the sweep's folder or URI;
+    `files_root` the local folder for its runs' pictures (core.paths.sweep_files_root)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     require_visible("cache", cache_root)                 # a node that joined after the preflight
-    require_visible("storage", Path(storage).parent)     # storage is the sweep's folder inside it
+    if not is_uri(storage):                               # a bucket was probed from every node by the driver
+        require_visible("storage", Path(storage).parent)  # storage is the sweep's folder inside it
     cfg = config_from_flat({**base, **config}, "trial config")
     name = train_run_name(ray.tune.get_context().get_trial_id())
     local = cfg.train.num_workers == 0
     trial = make_trial_input(cfg, build_plan(cfg, Path(cache_root)), label_store_for(cfg, label_stores),
-                             run_files_dir(Path(storage), name), mode="tune-local" if local else "train")
+                             run_files_dir(Path(files_root), name), mode="tune-local" if local else "train")
     trainer = build_trainer(trial, name=name, storage=storage, callbacks=[] if local else [TuneReportCallback()])
     trainer.fit()

@@ -49,31 +49,6 @@ def test_a_cache_only_the_head_sees_is_named_with_the_node_and_the_fix(local_clu
     assert not list((local_cluster.root / "h").glob("**/head_only/sweep.json"))   # nothing written: no resume trap
 
 
-def test_smoke_sweep_runs_its_trials_and_labeling_on_worker_nodes(local_cluster):
-    from mlflow.tracking import MlflowClient
-
-    out = submit(local_cluster, "sweep", "--space", "search_spaces/smoke.yaml",
-                 *shared_paths(local_cluster, "cluster_smoke"), *sets({**TINY_DATA, "train.iters_per_epoch": 4}))
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-3000:]
-    assert "Ray: joined the cluster at 127.0.0.2:" in log and ": 3 node(s), 3 CPU(s), 0 GPU(s)" in log
-
-    client = MlflowClient(f"sqlite:///{local_cluster.shared / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("cluster_smoke")
-    parent, = client.search_runs([exp.experiment_id], "tags.role = 'sweep'")
-    trials = client.search_runs([exp.experiment_id], "tags.role = 'trial'")
-    assert len(trials) == 2 and parent.info.status == "FINISHED"
-    assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
-    for trial in trials:   # the head has no CPUs: every part of a trial ran on a worker node
-        assert "resources w" in trial.data.tags["node.trial"], trial.data.tags
-        assert "resources w" in trial.data.tags["node.train_rank0"], trial.data.tags
-        assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_miou")] == [1, 2]
-    assert parent.data.metrics["labeling.keys"] == 1 and parent.data.metrics["labeling.teacher_runs"] == 1
-    manifest_file, = (local_cluster.shared / "cache" / "labels").glob("*/manifest.json")
-    nodes = json.loads(manifest_file.read_text())["teacher_nodes"]
-    assert nodes and all("resources w" in n for n in nodes)       # the teacher actors ran on worker nodes
-
-
 # ---- node loss: a trial continues from its last epoch; labeling finishes every image once -----------
 
 NODE_LOSS_SPACE = """name: {name}
@@ -82,7 +57,8 @@ fixed:
   data.num_val: 40
   data.num_ood: 120
   data.num_source: 120
-  train.method: unimatch
+  teacher.fit_steps: 30
+  train.method: semiovs
   train.epochs: 5
   train.iters_per_epoch: 6
   train.batch_size: 4
@@ -170,6 +146,7 @@ def test_a_trial_survives_the_loss_of_its_node(local_cluster, victim, tmp_path):
     name = f"loss_{victim}"
     space = local_cluster.shared / f"{name}.yaml"   # the driver runs on the head, which sees the shared folder
     space.write_text(NODE_LOSS_SPACE.format(name=name))
+    labels_before = list((local_cluster.shared / "cache").glob("labels/*/manifest.json"))
     job = submit_no_wait(local_cluster, "sweep", "--space", str(space), *shared_paths(local_cluster, name))
     wait_for_epoch(local_cluster, job, name, 2)
     files = local_cluster.shared / "ray_results" / name / "files"
@@ -180,9 +157,28 @@ def test_a_trial_survives_the_loss_of_its_node(local_cluster, victim, tmp_path):
     local_cluster.add_worker(replacement, cpus=2, resource=doomed if victim == "trial" else None)
     status, logs = wait_for_job(local_cluster, job)
     assert status == "SUCCEEDED", logs[-3000:]
+    assert "Ray: joined the cluster at 127.0.0.2:" in logs and ": 3 node(s), 3 CPU(s), 0 GPU(s)" in logs
     trial, steps, resumed = trial_history(local_cluster, name)
     assert steps == [1, 2, 3, 4, 5] and trial.info.status == "FINISHED"
     assert max(resumed) >= 2                                      # continued from a checkpoint, not from scratch
+    assert_ran_on_workers_and_labeled_once(local_cluster, name, trial, teacher_ran=not labels_before)
+
+
+def assert_ran_on_workers_and_labeled_once(cluster, name: str, trial, teacher_ran: bool) -> None:
+    """The head has no CPUs: the trial's parts and the teacher actors ran on worker nodes; the teacher ran
+    once per label key (reused from the shared cache by the second sweep); MLflow holds parent and child."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{cluster.shared / 'mlflow.db'}")
+    parent, = client.search_runs([trial.info.experiment_id], "tags.role = 'sweep'")
+    assert parent.info.status == "FINISHED" and trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert "resources w" in trial.data.tags["node.trial"], trial.data.tags
+    assert "resources w" in trial.data.tags["node.train_rank0"], trial.data.tags
+    assert parent.data.metrics["labeling.keys"] == 1
+    assert parent.data.metrics["labeling.teacher_runs"] == int(teacher_ran)
+    key, = [a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "labeling")]
+    nodes = json.loads((cluster.shared / "cache" / "labels" / key / "manifest.json").read_text())["teacher_nodes"]
+    assert nodes and all("resources w" in n for n in nodes)
 
 
 def test_labeling_survives_the_loss_of_the_teacher_actors_node(local_cluster):

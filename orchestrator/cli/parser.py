@@ -33,7 +33,9 @@ def _common(p: argparse.ArgumentParser, *, tracking: bool = True, storage: bool 
                         + allowed_values_help())
     p.add_argument("--cache", help="cache folder for data, teachers and labels (default .semiovs/cache)")
     if storage:
-        p.add_argument("--storage", help="Ray Tune/Train storage folder (default .semiovs/ray_results)")
+        p.add_argument("--storage", help="Ray Tune/Train storage: a folder every node sees, or a pyarrow URI such as "
+                       "s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL or ?endpoint_override=HOST:PORT; "
+                       "default .semiovs/ray_results)")
     if tracking:
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
                                               "sqlite:///mlflow.db in this folder)")

@@ -24,13 +24,15 @@ def default_storage_root() -> Path:
     return home() / "ray_results"
 
 
-def resolve_root(value: str | None, default: Path) -> Path:
+def resolve_root(value: str | None, default: Path, flag: str = "--cache") -> Path:
     """A local folder (made absolute) from a CLI value, or the default."""
     if not value:
         return default
     if "://" in value:
-        raise UserError(f"'{value}': remote storage URIs are not supported for this folder yet. "
-                        f"Fix: mount the storage (NFS/fuse) and pass its local path.")
+        # Datasets, teachers and label shards are read as files by every worker, many times per epoch.
+        raise UserError(f"{flag} '{value}': the cache must be a folder, not a URI. Fix: put it on a filesystem "
+                        f"every node mounts (NFS, EFS, the cluster's shared home or scratch) and pass its path; "
+                        f"--storage (checkpoints) may be an s3:// URI.")
     return Path(value).expanduser().resolve()
 
 
@@ -48,6 +50,15 @@ def train_run_name(run_id: str) -> str:
     return f"train-{run_id}"
 
 
-def run_files_dir(storage: Path, run_name: str) -> Path:
+def run_files_dir(files_root: Path, run_name: str) -> Path:
     """Where a run's rank-0 worker writes per-epoch pictures and its broken-sample list for the driver."""
-    return inside(storage, "files", run_name)
+    return inside(files_root, "files", run_name)
+
+
+def files_root(storage: str, cache: Path, *parts: str) -> Path:
+    """The folder that holds run files (`run_files_dir`) of a sweep (parts = its name) or of single runs:
+    in the storage when that is a folder; with storage in a bucket, in the cache, which every node mounts,
+    so the driver reads the workers' pictures as files."""
+    if "://" in storage:
+        return inside(cache, "runs", *parts)
+    return inside(Path(storage), *parts)

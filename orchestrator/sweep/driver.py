@@ -16,7 +16,8 @@ from typing import Any
 from orchestrator.core.config import config_from_flat
 from orchestrator.core.console import Console
 from orchestrator.core.errors import UserError
-from orchestrator.core.paths import default_cache_root, default_storage_root, inside, resolve_root
+from orchestrator.core import storage as store
+from orchestrator.core.paths import default_cache_root, default_storage_root, files_root, resolve_root
 from orchestrator.sweep.space import SearchSpace, load_space, resolve_base, to_param_space
 from orchestrator.labels.job import LabelRequest
 from orchestrator.sweep import results
@@ -52,38 +53,34 @@ class SweepOutcome:
     tracking_uri: str
 
 
-def prepare_state(req: SweepRequest, space: SearchSpace, sweep_dir: Path) -> tuple[dict[str, Any], bool]:
+def prepare_state(req: SweepRequest, space: SearchSpace, storage: str, name: str) -> tuple[dict[str, Any], bool]:
     """(the sweep's state, whether it is new): the state it started with on --resume, else a new one that
     `write_state` saves once the preflight has passed. Reads only: a refused sweep leaves nothing behind."""
-    state_file = sweep_dir / STATE_FILE
+    saved = store.read_text(store.join(storage, name, STATE_FILE))
     if req.resume:
-        if not state_file.is_file():
-            raise UserError(f"nothing to resume: no sweep '{sweep_dir.name}' in {sweep_dir.parent}. "
+        if saved is None:
+            raise UserError(f"nothing to resume: no sweep '{name}' in {storage}. "
                             f"Fix: drop --resume to start it, or pass the --name/--storage it ran with.")
-        state = json.loads(state_file.read_text())
+        state = json.loads(saved)
         if req.overrides:
             new = resolve_base(space, req.overrides)
             # a key the code added after the sweep started is not a change the user made
             changed = sorted(k for k in new if new[k] != state["base"].get(k, new[k]))
             if changed:
-                raise UserError(f"--resume with --set changes {', '.join(changed)} of sweep '{sweep_dir.name}'. "
+                raise UserError(f"--resume with --set changes {', '.join(changed)} of sweep '{name}'. "
                                 f"Fix: resume without --set, or start a new sweep with --name.")
         return state, False
-    if state_file.is_file():
-        raise UserError(f"sweep '{sweep_dir.name}' already exists in {sweep_dir.parent}. "
+    if saved is not None:
+        raise UserError(f"sweep '{name}' already exists in {storage}. "
                         f"Fix: pass --resume to continue it, or --name NEW_NAME to start another.")
     base = resolve_base(space, req.overrides)
     labeling_configs(space, base)  # refuse a bad space before anything is written
-    return {"name": sweep_dir.name, "space": space.source, "space_text": Path(space.source).read_text(),
+    return {"name": name, "space": space.source, "space_text": Path(space.source).read_text(),
             "base": base, "overrides": req.overrides, "created": time.time()}, True
 
 
-def write_state(state: dict[str, Any], sweep_dir: Path) -> None:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    state_file = sweep_dir / STATE_FILE
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, default=str))
-    tmp.replace(state_file)
+def write_state(state: dict[str, Any], sweep_dir: str) -> None:
+    store.write_text(store.join(sweep_dir, STATE_FILE), json.dumps(state, indent=1, default=str))
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class SweepRun:
     name: str
     space: SearchSpace
     base: dict[str, Any]
-    storage: Path            # Tune's storage root; the sweep's folder is storage / name
+    storage: str             # Tune's storage root (a folder or a URI); the sweep's folder is storage / name
     cache: Path
     uri: str                 # MLflow tracking URI
     experiment_id: str
@@ -102,8 +99,12 @@ class SweepRun:
     quiet: bool
 
     @property
-    def sweep_dir(self) -> Path:
-        return inside(self.storage, self.name)
+    def sweep_dir(self) -> str:
+        return store.join(self.storage, self.name)
+
+    @property
+    def files_root(self) -> Path:
+        return files_root(self.storage, self.cache, self.name)
 
 
 def run_sweep(req: SweepRequest) -> SweepOutcome:
@@ -115,11 +116,11 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
         if req.max_concurrent < 1:
             raise UserError("--max-concurrent must be >= 1. Fix: pass a positive number.")
         space = SearchSpace(**{**space.__dict__, "max_concurrent_trials": req.max_concurrent})
-    storage = resolve_root(req.storage, default_storage_root())
-    cache = resolve_root(req.cache, default_cache_root())
+    storage = store.resolve_storage(req.storage, default_storage_root())
+    cache = resolve_root(req.cache, default_cache_root(), "--cache")
     uri = mlflow_runs.resolve_tracking_uri(req.tracking_uri)
-    sweep_dir = inside(storage, name)
-    state, is_new = prepare_state(req, space, sweep_dir)
+    sweep_dir = store.join(storage, name)
+    state, is_new = prepare_state(req, space, storage, name)
     base = state["base"]
     to_label = labeling_configs(space, base)   # validates label-relevant axes before Ray starts
     console.say(f"sweep '{name}': {space.num_trials()} trial(s) from {space.source}; storage {sweep_dir}")
@@ -205,26 +206,26 @@ def _fit_tuner(run: SweepRun, console: Console):
 
     resources = {k: v for k, v in driver_resources(run.base).items() if v > 0}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=run.base, cache_root=str(run.cache), storage=str(run.sweep_dir),
-                             label_stores=run.label_stores), resources)
+        tune.with_parameters(run_trial, base=run.base, cache_root=str(run.cache), storage=run.sweep_dir,
+                             files_root=str(run.files_root), label_stores=run.label_stores), resources)
     if run.resume:
-        if not tune.Tuner.can_restore(str(run.sweep_dir)):
+        if not tune.Tuner.can_restore(run.sweep_dir):
             console.say(f"no Tune state in {run.sweep_dir} yet: starting the trials from the beginning")
         else:
             console.say(f"resuming sweep '{run.name}' from {run.sweep_dir}")
-            return tune.Tuner.restore(str(run.sweep_dir), trainable=trainable, resume_unfinished=True,
+            return tune.Tuner.restore(run.sweep_dir, trainable=trainable, resume_unfinished=True,
                                       resume_errored=True).fit()
     # Save Tune's experiment state often: a crash then loses at most a second of bookkeeping, so a finished
     # trial is not re-run on --resume (the default period adapts upwards from 10 s).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     concurrent = max_concurrent_trials(run.space, run.base, ray.cluster_resources().get("CPU", 1))
-    callback = make_trial_callback(run.uri, run.experiment_id, run.parent_run_id, run.name, run.base, run.sweep_dir,
+    callback = make_trial_callback(run.uri, run.experiment_id, run.parent_run_id, run.name, run.base, run.files_root,
                                    progress=None if run.quiet else _progress_line(run.space))
     tuner = tune.Tuner(
         trainable,
         param_space=to_param_space(run.space),
         tune_config=_tune_config(run.space, run.base, concurrent),
-        run_config=tune.RunConfig(name=run.name, storage_path=str(run.storage), callbacks=[callback],
+        run_config=tune.RunConfig(name=run.name, storage_path=run.storage, callbacks=[callback],
                                   # a trial whose node dies (driver or workers) restarts from its last checkpoint
                                   failure_config=tune.FailureConfig(
                                       max_failures=config_from_flat(run.base).train.trial_retries),

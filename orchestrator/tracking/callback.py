@@ -34,7 +34,7 @@ def trial_run(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
 
 
 def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
-                        base_params: dict[str, Any], sweep_dir: str | Path,
+                        base_params: dict[str, Any], files_root: str | Path,
                         progress: Callable[[str, dict, dict], None] | None = None):
     """A ray.tune.Callback (built lazily: importing this module does not import Ray)."""
     from ray.tune import Callback
@@ -49,7 +49,7 @@ def make_trial_callback(uri: str, experiment_id: str, parent_run_id: str, sweep_
             if trial.trial_id not in self.loggers:
                 run_id, last = trial_run(uri, experiment_id, parent_run_id, sweep_name, trial.trial_id,
                                          trial.config, base_params)
-                files = run_files_dir(Path(sweep_dir), train_run_name(trial.trial_id))
+                files = run_files_dir(Path(files_root), train_run_name(trial.trial_id))
                 self.loggers[trial.trial_id] = mlflow_runs.EpochLogger(uri, run_id, files, last)
             return self.loggers[trial.trial_id]
 
