@@ -27,7 +27,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 def say(message: str) -> None:
-    print(f"[slurm-launch] {message}", flush=True)
+    print(f"[slurm-launch {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class Cancelled(Exception):
@@ -68,26 +68,57 @@ class NodeSession:
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None, log: bool = True):
         out = (self.temp_dir / f"{name}.log").open("w") if log else None
-        self.children[name] = subprocess.Popen(cmd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        self.children[name] = subprocess.Popen(cmd, env=env or self.env, stdout=out,
+                                               stderr=subprocess.STDOUT if out else None)
         return self.children[name]
+
+    def log_tail(self, name: str) -> str:
+        log = self.temp_dir / f"{name}.log"
+        return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
     def check_alive(self, names: list[str]) -> None:
         for name in names:
             proc = self.children.get(name)
             if proc is not None and proc.poll() is not None:
-                log = self.temp_dir / f"{name}.log"
-                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-                raise StartError(f"{name} exited with code {proc.returncode} while Ray was starting:\n{tail}")
+                raise StartError(f"{name} exited with code {proc.returncode} while Ray was starting:\n"
+                                 f"{self.log_tail(name)}")
+
+    def wait_started(self, timeout_s: float) -> None:
+        """Until this node's `ray start` says the node is up (reading its log costs nothing; asking Ray would
+        start a Python client every time)."""
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started." not in self.log_tail("ray"):
+            self.check_alive(["ray"])
+            if time.monotonic() > deadline:
+                raise StartError(f"`ray start` did not come up within {timeout_s:.0f} s:\n{self.log_tail('ray')}")
+            time.sleep(0.5)
 
     def stop(self, grace_s: float = 15.0) -> None:
         """The driver first, then the worker nodes' step, then this node's `ray start`, then whatever still
         carries the marker (a worker that outlived its raylet, a process forked meanwhile)."""
         for name in ("driver", "workers", "ray"):
-            procs.stop_child(self.children.get(name), grace_s)
+            procs.stop_child(self.children.pop(name, None), grace_s)
         killed = procs.stop_marked(plan.MARKER, str(self.temp_dir), grace_s=5.0)
         if killed:
             say(f"killed {len(killed)} process(es) of this job that outlived `ray start`: {killed}")
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_ray(session: NodeSession, env: dict[str, str], command, tries: int = 2) -> None:
+    """`ray start` on this node; once more with new ports if it fails to come up (on an overloaded node the
+    raylet can miss Ray's fixed 30-s registration window). `command()` chooses the ports and builds the
+    command."""
+    timeout = float(env.get("SEMIOVS_RAY_START_TIMEOUT", "180"))
+    for attempt in range(1, tries + 1):
+        cmd = command()
+        session.start("ray", cmd, env={**session.env, "PYTHONUNBUFFERED": "1"})
+        try:
+            session.wait_started(timeout)
+            return
+        except StartError as err:
+            if attempt == tries:
+                raise
+            say(f"Ray did not start on this node, trying again: {str(err).splitlines()[0]}")
+            session.stop()
 
 
 def alive_nodes(address: str, env: dict[str, str]) -> int:
@@ -100,13 +131,14 @@ def alive_nodes(address: str, env: dict[str, str]) -> int:
 
 
 def wait_joined(session: NodeSession, address: str, count: int, timeout_s: float) -> None:
+    """Until `count` nodes are alive in the cluster (only asked when there are worker nodes)."""
     deadline = time.monotonic() + timeout_s
-    while alive_nodes(address, session.env) < count:
+    while count > 1 and alive_nodes(address, session.env) < count:
         session.check_alive(["ray", "workers"])
         if time.monotonic() > deadline:
             raise StartError(f"fewer than {count} Ray node(s) joined {address} within {timeout_s:.0f} s; "
-                             f"the `ray start` logs are in {session.temp_dir} on each node")
-        time.sleep(2.0)
+                             f"each node's `ray start` log is in {session.temp_dir}/ray.log there")
+        time.sleep(5.0)
 
 
 def node_ip(env: dict[str, str]) -> str:
@@ -124,28 +156,40 @@ def job_nodes(env: dict[str, str]) -> list[str]:
     return out.stdout.split()
 
 
+class Head:
+    """The head's addresses, new for each start attempt (ports are chosen free when Ray starts)."""
+
+    def __init__(self, session: NodeSession, env: dict[str, str], ip: str, res: plan.NodeResources):
+        self.session, self.env, self.ip, self.res = session, env, ip, res
+        self.address = self.dashboard = ""
+
+    def command(self) -> list[str]:
+        gcs, dash, client, agent, metrics = procs.free_ports(5)
+        self.address, self.dashboard = f"{self.ip}:{gcs}", f"http://{self.ip}:{dash}"
+        self.session.env = plan.ray_env(self.env, self.session.temp_dir, self.dashboard)
+        say(f"Ray head at {self.address} (dashboard {self.dashboard}), {self.res.cpus} CPU(s), "
+            f"{self.res.gpus} GPU(s); Ray temp folder {self.session.temp_dir}")
+        return plan.head_command(RAY, self.session.temp_dir, self.ip, [gcs, dash, client, agent, metrics], self.res)
+
+
 def run_head(user_args: list[str], env: dict[str, str]) -> int:
     temp_dir = plan.job_temp_dir(env)
     plan.check_sweep_args(user_args)   # a bad call is refused before anything starts
-    ip, (gcs, dash, client, agent, metrics) = node_ip(env), procs.free_ports(5)
-    address, dashboard = f"{ip}:{gcs}", f"http://{ip}:{dash}"
-    session = NodeSession(temp_dir, plan.ray_env(env, temp_dir, dashboard))
-    temp_dir.mkdir(parents=True, exist_ok=True)
     nodes, head_node = job_nodes(env), env.get("SLURMD_NODENAME") or os.uname().nodename
-    res = plan.node_resources(env)
-    say(f"job {env['SLURM_JOB_ID']}: Ray head on {head_node} at {address} (dashboard {dashboard}), "
-        f"{res.cpus} CPU(s), {res.gpus} GPU(s); {len(nodes)} node(s); Ray temp folder {temp_dir}")
+    say(f"job {env['SLURM_JOB_ID']}: {len(nodes)} node(s), the head on {head_node}")
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    session = NodeSession(temp_dir, {})
+    head = Head(session, env, node_ip(env), plan.node_resources(env))
     try:
         with cancellable():
-            session.start("ray", plan.head_command(RAY, temp_dir, ip, [gcs, dash, client, agent, metrics], res))
-            step = plan.worker_step(sys.executable, head_node, len(nodes), env, address, dashboard)
-            if step:   # srun hands the token to the workers; the marker each worker sets for itself
+            start_ray(session, env, head.command)
+            step = plan.worker_step(sys.executable, head_node, len(nodes), env, head.address, head.dashboard)
+            if step:   # srun hands the token to the workers; each worker sets its own marker
                 session.start("workers", step, env={k: v for k, v in session.env.items() if k != plan.MARKER},
                               log=False)
-            timeout = float(env.get("SEMIOVS_RAY_JOIN_TIMEOUT", "300"))
-            wait_joined(session, address, len(nodes), timeout)
+            wait_joined(session, head.address, len(nodes), float(env.get("SEMIOVS_RAY_JOIN_TIMEOUT", "300")))
             say(f"all {len(nodes)} node(s) joined; running the sweep")
-            driver = session.start("driver", plan.sweep_command(sys.executable, user_args, address), log=False)
+            driver = session.start("driver", plan.sweep_command(sys.executable, user_args, head.address), log=False)
             code = driver.wait()
             say(f"the sweep exited with code {code}")
             return code if code >= 0 else 128 - code
@@ -157,6 +201,7 @@ def run_head(user_args: list[str], env: dict[str, str]) -> int:
         return 1
     finally:
         session.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
         say("Ray stopped on this node")
 
 
@@ -164,14 +209,17 @@ def run_worker(address: str, dashboard: str, env: dict[str, str]) -> int:
     temp_dir = plan.job_temp_dir(env)
     temp_dir.mkdir(parents=True, exist_ok=True)
     session = NodeSession(temp_dir, plan.ray_env(env, temp_dir, dashboard))
-    agent, metrics = procs.free_ports(2)
+
+    def command() -> list[str]:
+        return plan.worker_command(RAY, temp_dir, address, procs.free_ports(2), plan.node_resources(env))
+
     try:
         with cancellable():
-            ray = session.start("ray", plan.worker_command(RAY, temp_dir, address, [agent, metrics],
-                                                           plan.node_resources(env)))
-            code = ray.wait()   # returns when the head stops this step (SIGTERM) or Ray fails here
-            session.check_alive(["ray"])
-            return code
+            start_ray(session, env, command)
+            code = session.children["ray"].wait()   # returns only if Ray fails here: the head ends the step
+            print(f"error: `ray start` on {os.uname().nodename} exited with code {code}:\n"
+                  f"{session.log_tail('ray')}", file=sys.stderr, flush=True)
+            return code or 1
     except Cancelled:
         return 0
     except StartError as err:
@@ -179,6 +227,7 @@ def run_worker(address: str, dashboard: str, env: dict[str, str]) -> int:
         return 1
     finally:
         session.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
