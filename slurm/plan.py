@@ -113,12 +113,14 @@ def worker_command(ray: str, temp_dir: Path, address: str, ports: Sequence[int],
 
 def worker_step(python: str, head_node: str, num_nodes: int, env: Mapping[str, str], address: str,
                 dashboard_url: str) -> list[str] | None:
-    """One srun step with one task on each node but the head's (None on a one-node job)."""
+    """One srun step with one task on each node but the head's (None on a one-node job). A step does not
+    inherit the job's --cpus-per-task (Slurm ≥ 22.05) and may not get its GPUs unless asked: both are passed."""
     if num_nodes <= 1:
         return None
-    cpus = env.get("SLURM_CPUS_PER_TASK")
+    cpus, gpus = env.get("SLURM_CPUS_PER_TASK"), env.get("SLURM_GPUS_PER_NODE")
     return ["srun", f"--nodes={num_nodes - 1}", f"--ntasks={num_nodes - 1}", "--ntasks-per-node=1",
-            f"--exclude={head_node}", *([f"--cpus-per-task={cpus}"] if cpus else []), "--kill-on-bad-exit=0",
+            f"--exclude={head_node}", *([f"--cpus-per-task={cpus}"] if cpus else []),
+            *([f"--gpus-per-node={gpus}"] if gpus else []), "--kill-on-bad-exit=0",
             python, "-m", "slurm.launch", "worker", "--address", address, "--dashboard", dashboard_url]
 
 

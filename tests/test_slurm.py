@@ -41,9 +41,12 @@ def test_every_port_ray_fixes_by_default_is_given_and_ray_stays_in_the_foregroun
 
 def test_the_worker_step_covers_every_other_node_once():
     assert plan.worker_step("py", "n1", 1, {}, "a:1", "http://a:2") is None
-    step = plan.worker_step("py", "n1", 3, {"SLURM_CPUS_PER_TASK": "8"}, "a:1", "http://a:2")
+    step = plan.worker_step("py", "n1", 3, {"SLURM_CPUS_PER_TASK": "8", "SLURM_GPUS_PER_NODE": "2"}, "a:1",
+                            "http://a:2")
     assert step[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--exclude=n1"]
-    assert "--cpus-per-task=8" in step and step[-4:] == ["--address", "a:1", "--dashboard", "http://a:2"]
+    assert "--cpus-per-task=8" in step and "--gpus-per-node=2" in step
+    assert step[-8:] == ["py", "-m", "slurm.launch", "worker", "--address", "a:1", "--dashboard", "http://a:2"]
+    assert not any(a.startswith("--gpus") for a in plan.worker_step("py", "n1", 2, {}, "a:1", "http://a:2"))
 
 
 def test_the_sweep_gets_the_users_flags_and_this_jobs_ray():
@@ -87,6 +90,55 @@ def test_clean_up_stops_exactly_the_processes_carrying_this_jobs_marker():
         for p in (ours, other_job):
             p.kill()
             p.wait()
+
+
+# ---- a worker node, as the head's srun step starts it on every other node ------------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.slurm
+def test_a_worker_node_joins_the_head_and_leaves_nothing_when_its_step_is_stopped():
+    """The worker role, outside Slurm (a one-node Slurm has no second node): it joins a head made from the same
+    plan, and SIGTERM (what srun forwards when the head ends the step) leaves none of its processes behind."""
+    import signal
+    import tempfile
+
+    import ray.util
+
+    from slurm.launch import RAY, alive_nodes
+
+    root = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))
+    ip, ports = ray.util.get_node_ip_address(), procs.free_ports(5)
+    address, dashboard = f"{ip}:{ports[0]}", f"http://{ip}:{ports[1]}"
+    head_env = plan.ray_env({**os.environ, "PYTHONUNBUFFERED": "1"}, root / "head", dashboard)
+    head = subprocess.Popen(plan.head_command(RAY, root / "head", ip, ports, plan.NodeResources(1, 0, None)),
+                            env=head_env, stdout=(root / "head.log").open("w"), stderr=subprocess.STDOUT)
+    worker_env = {**{k: v for k, v in head_env.items() if k != plan.MARKER}, "PYTHONPATH": str(ROOT),
+                  "SLURM_JOB_ID": f"t{os.getpid()}", "SLURM_CPUS_ON_NODE": "1", "SEMIOVS_RAY_TMP": str(root)}
+    worker_dir = root / f"semiovs-ray-t{os.getpid()}"
+    worker = None
+    try:
+        until(lambda: "Ray runtime started." in (root / "head.log").read_text(), 180, "the head to start")
+        worker = subprocess.Popen([sys.executable, "-m", "slurm.launch", "worker", "--address", address,
+                                   "--dashboard", dashboard], cwd=ROOT, env=worker_env)
+        until(lambda: alive_nodes(address, head_env) == 2, 240, "the worker node to join")
+        assert procs.marked_pids(plan.MARKER, str(worker_dir))       # its Ray carries the worker's own marker
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        assert not procs.marked_pids(plan.MARKER, str(worker_dir)) and not worker_dir.exists()
+        until(lambda: alive_nodes(address, head_env) == 1, 120, "the head to see the worker node leave")
+        assert head.poll() is None                                   # the head is untouched
+    finally:
+        procs.stop_child(worker, 30)
+        procs.stop_child(head, 30)
+        procs.stop_marked(plan.MARKER, str(root / "head"), grace_s=5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def until(ready, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert time.monotonic() < deadline, f"waited {timeout_s:.0f} s for {what}"
+        time.sleep(1)
 
 
 # ---- a real one-node Slurm --------------------------------------------------------------------------------
