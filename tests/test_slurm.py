@@ -188,12 +188,33 @@ def wait_gone(slurm, job: int, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
+def assert_nothing_left(slurm, job: int, temp_dir: Path) -> None:
+    """No process of the job (by its SLURM_JOB_ID and this Slurm's SLURM_CONF in the environment, or by its
+    Ray temp folder on the command line) and no temp folder outlive it."""
+    from tests.slurm import job_pids, pids_referencing
+
+    assert not job_pids(job, slurm.conf), f"processes of job {job} outlived it"
+    assert not pids_referencing(str(temp_dir)) and not temp_dir.exists()
+
+
+def assert_smoke_sweep_in_mlflow(uri: str, name: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    parent, = client.search_runs([exp.experiment_id], "tags.role = 'sweep'")
+    trials = client.search_runs([exp.experiment_id], "tags.role = 'trial'")
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    assert sorted(t.data.params["ood.ratio"] for t in trials) == ["0.0", "0.5"]
+    for trial in trials:
+        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id and trial.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_miou")] == [1, 2]
+
+
 @pytest.mark.e2e
 @pytest.mark.slurm
 def test_smoke_sweep_on_slurm_and_a_cancelled_job_leaves_nothing(local_slurm, shared_cache):
-    from mlflow.tracking import MlflowClient
-
-    from tests.slurm import job_pids, pids_referencing
+    from tests.slurm import pids_referencing
 
     shared = local_slurm.root / "shared"
     shared.mkdir()
@@ -222,8 +243,7 @@ def test_smoke_sweep_on_slurm_and_a_cancelled_job_leaves_nothing(local_slurm, sh
     assert seconds < 30, f"job {b} took {seconds:.0f} s to stop: Slurm's SIGKILL (KillWait=30), not the launcher"
     assert "SIGTERM received (scancel or the time limit)" in output(b).read_text()
     assert "Ray stopped on this node" in output(b).read_text()
-    assert not job_pids(b, local_slurm.conf) and not pids_referencing(str(temp_dir(b)))
-    assert not temp_dir(b).exists()
+    assert_nothing_left(local_slurm, b, temp_dir(b))
     a_was_running = str(a) in local_slurm.queued()
     if a_was_running:   # B's clean-up stopped B's Ray only: A's still runs
         assert pids_referencing(str(temp_dir(a))), "job A's Ray died with job B's clean-up"
@@ -233,17 +253,7 @@ def test_smoke_sweep_on_slurm_and_a_cancelled_job_leaves_nothing(local_slurm, sh
     assert local_slurm.job_field(a, "JobState") == "COMPLETED", log[-4000:]
     assert local_slurm.job_field(a, "ExitCode") == "0:0"
     assert "all 1 node(s) joined" in log and "GCS" in log and ": 1 node(s), 2 CPU(s), 0 GPU(s)" in log
-    assert not job_pids(a, local_slurm.conf) and not pids_referencing(str(temp_dir(a)))
-    assert not temp_dir(a).exists()
-
-    client = MlflowClient(f"sqlite:///{shared / 'slurm_smoke'}.db")
-    exp = client.get_experiment_by_name("slurm_smoke")
-    parent, = client.search_runs([exp.experiment_id], "tags.role = 'sweep'")
-    trials = client.search_runs([exp.experiment_id], "tags.role = 'trial'")
-    assert parent.info.status == "FINISHED" and len(trials) == 2
-    assert sorted(t.data.params["ood.ratio"] for t in trials) == ["0.0", "0.5"]
-    for trial in trials:
-        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id and trial.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_miou")] == [1, 2]
+    assert_nothing_left(local_slurm, a, temp_dir(a))
+    assert_smoke_sweep_in_mlflow(f"sqlite:///{shared / 'slurm_smoke'}.db", "slurm_smoke")
     print(f"job A was {'still' if a_was_running else 'no longer'} running when job B was cancelled; "
           f"B stopped {seconds:.1f} s after scancel")
