@@ -65,7 +65,7 @@ MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
 SlurmdParameters=config_overrides
-KillWait=30
+KillWait=60
 MinJobAge=600
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP

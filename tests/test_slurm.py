@@ -240,7 +240,8 @@ def test_smoke_sweep_on_slurm_and_a_cancelled_job_leaves_nothing(local_slurm, sh
     subprocess.run(["scancel", str(b)], env=env, check=True)
     seconds = wait_gone(local_slurm, b, timeout_s=90)
     assert local_slurm.job_field(b, "JobState") == "CANCELLED"
-    assert seconds < 30, f"job {b} took {seconds:.0f} s to stop: Slurm's SIGKILL (KillWait=30), not the launcher"
+    # the launcher, not Slurm's SIGKILL (KillWait=60 in tests/slurm.py), stopped it: it got to say so
+    assert seconds < 60, f"job {b} took {seconds:.0f} s to stop"
     assert "SIGTERM received (scancel or the time limit)" in output(b).read_text()
     assert "Ray stopped on this node" in output(b).read_text()
     assert_nothing_left(local_slurm, b, temp_dir(b))
