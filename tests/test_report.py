@@ -3,6 +3,8 @@ import math
 
 import pytest
 
+from orchestrator.core.errors import UserError
+
 from orchestrator.tracking import client as tracking
 from orchestrator.tracking.report import format_markdown, group_rows, grouping_keys, write_report
 
@@ -118,3 +120,73 @@ def test_report_merges_experiments_and_logs_to_each_parent(sqlite_uri, tmp_path)
     assert "| self | semiovs | 40.0 ± 0.0 |  |" in out["table"]
     for parent in parents.values():
         assert "report/report.md" in {a.path for a in client.list_artifacts(parent, "report")}
+
+
+# UniMatch, SemiOVS and supervised on the same three seeds: the seed spread (±5) dwarfs SemiOVS's +2, but the
+# paired differences (2, 2.5, 2) are steady, so the interval excludes zero.
+PAIRED = [run_of(m, "8", str(s), v) for m, vals in (("unimatch", (50.0, 60.0, 55.0)), ("semiovs", (52.0, 62.5, 57.0)),
+                                                     ("supervised", (51.0, 58.0, 50.0)))
+          for s, v in enumerate(vals)] + [run_of("unimatch", "16", "0", 70.0), run_of("semiovs", "16", "0", 69.0)]
+
+
+def test_paired_gain_over_a_baseline_in_every_table():
+    from orchestrator.tracking.report import Comparison, format_csv, paired_gains, report_markdown
+    from orchestrator.tracking.scoring import parse_score
+
+    keys = grouping_keys(PAIRED)
+    groups = group_rows(PAIRED, keys)
+    baseline = {"train.method": "unimatch"}
+    cmp = Comparison(parse_score("best"), baseline, paired_gains(groups, keys, baseline))
+    text = report_markdown("t", groups, keys, cmp)
+    assert "| 8 | semiovs | 3 | 57.17 ± 5.25 | +2.2 [+1.4, +2.9] 3/3 |" in text      # mean ± std stays
+    assert "| 8 | supervised | 3 | 53.00 ± 4.36 | -2.0 [-9.5, +5.5] 1/3 |" in text
+    assert "| 8 | unimatch | 3 | 55.00 ± 5.00 | baseline |" in text
+    assert "Score: best-epoch val mIoU" in text
+    # the paper's layout, as gains: one pair at 16 labels has no interval
+    assert "| semiovs | +2.2 [+1.4, +2.9] 3/3 | -1.0 [n=1] 0/1 |" in text
+    csv_rows = format_csv(groups, keys, cmp).splitlines()
+    assert csv_rows[0] == ("data.split,train.method,runs,best_val_miou_mean,best_val_miou_std,baseline,gain_mean,"
+                           "gain_ci_low,gain_ci_high,gain_pairs,gain_seeds_gained")
+    assert csv_rows[1] == "8,semiovs,3,57.1667,5.252,,2.1667,1.4496,2.8838,3,3"
+    assert csv_rows[3] == "8,unimatch,3,55.0,5.0,train.method=unimatch,,,,,"
+
+
+def test_report_with_baseline_and_last_k_score_from_a_real_store(sqlite_uri, tmp_path):
+    """Per-epoch val_miou in MLflow → last-2 score → paired gains in the table, on the parent run, as a plot."""
+    exp = tracking.ensure_experiment(sqlite_uri, "pairs")
+    parent = tracking.start_parent_run(sqlite_uri, exp, "pairs", {}, resume=False)
+    client = tracking.client(sqlite_uri)
+    curves = {("unimatch", "0"): [40.0, 50.0, 52.0], ("unimatch", "1"): [30.0, 60.0, 58.0],
+              ("semiovs", "0"): [45.0, 54.0, 53.0], ("semiovs", "1"): [35.0, 62.0, 61.0]}
+    for i, ((method, seed), curve) in enumerate(curves.items()):
+        run_id = client.create_run(exp, tags={"role": "trial", "trial_id": f"t{i}"}).info.run_id
+        tracking.log_params(sqlite_uri, run_id, {"train.method": method, "seed": seed, "data.split": "8"})
+        for epoch, value in enumerate(curve, start=1):
+            tracking.log_metrics(sqlite_uri, run_id, {"val_miou": value, "best_val_miou": max(curve[:epoch])}, epoch)
+    out = write_report(sqlite_uri, "pairs", tmp_path / "r", baseline=["train.method=unimatch"], score="last2")
+    # last-2 means: unimatch 51, 59; semiovs 53.5, 61.5 → differences 2.5, 2.5
+    assert "| semiovs | 2 | 57.50 ± 5.66 | +2.5 [+2.5, +2.5] 2/2 |" in out["table"]
+    assert "val mIoU averaged over the last 2 epochs" in out["table"] and out["score"] == "last-2-epoch mean"
+    assert "gain_vs_labels.png" not in " ".join(out["files"])         # data.split is not swept here
+    logged = client.get_run(parent).data.metrics
+    assert logged["paired_gain/train.method_semiovs/mean"] == pytest.approx(2.5)
+    assert logged["paired_gain/train.method_semiovs/gained"] == 2.0
+    with pytest.raises(UserError, match="no run has train.method=supervised"):
+        write_report(sqlite_uri, "pairs", tmp_path / "r", baseline=["train.method=supervised"])
+
+
+def test_gain_plots_have_the_interval_as_error_bars(tmp_path):
+    from orchestrator.tracking.report import INERT, paired_gains
+    from orchestrator.tracking.report_plots import PlotContext, _series, _gain_point, plot_files
+
+    keys = grouping_keys(PAIRED)
+    groups = group_rows(PAIRED, keys)
+    gains = paired_gains(groups, keys, {"train.method": "unimatch"})
+    ctx = PlotContext(groups, keys, INERT, "best-epoch val mIoU (%)", gains, "train.method=unimatch")
+    series = _series(ctx, "data.split", _gain_point)
+    lo, hi = series["train.method=semiovs"][0][2:]
+    assert series["train.method=semiovs"][0][:2] == (8.0, pytest.approx(2.1667, abs=1e-4))
+    assert (lo, hi) == (pytest.approx(0.7171, abs=1e-4), pytest.approx(0.7171, abs=1e-4))
+    assert series["train.method=semiovs"][1][2:] == (0.0, 0.0)            # one pair: no bar
+    names = sorted(p.name for p in plot_files(ctx, tmp_path))
+    assert names == ["gain_vs_labels.png", "miou_vs_labels.png"]
