@@ -125,3 +125,18 @@ def test_teacher_quality_space_sweeps_the_noise_on_semiovs_with_teacher_labels()
     assert len(noise) >= 4 and 0 in noise
     assert sorted(c["teacher.label_noise"] for c in labeling_configs(space, base)) == sorted(noise)
     assert json.dumps(noise)   # plain numbers (they become MLflow params and cache-key inputs)
+
+
+def test_a_trial_reads_its_label_sets_quality_from_the_manifest(tmp_path):
+    from orchestrator.core.label_format import read_label_quality
+
+    entry = tmp_path / "textseg-abc"
+    entry.mkdir()
+    assert read_label_quality(entry) == {}                                   # no manifest yet
+    manifest = {"diagnostics": {"ground_truth": {"miou": 52.0, "object_precision": 68.5}}}
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    assert read_label_quality(entry) == {"teacher_ood_precision": 68.5, "teacher_ood_miou": 52.0}
+    (entry / "manifest.json").write_text(json.dumps({"diagnostics": {"ground_truth": None}}))   # no OOD masks
+    assert read_label_quality(entry) == {}
+    (entry / "manifest.json").write_text(json.dumps({"diagnostics": {"ground_truth": {"miou": 50.0}}}))
+    assert read_label_quality(entry) == {"teacher_ood_miou": 50.0}           # labeled before precision existed

@@ -11,7 +11,6 @@ read and `write_report` the only writer, so the numbers are tested on hand-made 
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
