@@ -70,7 +70,6 @@ class GroundTruthScore:
                 "pixel_acc": round(self.cm.pixel_accuracy(), 3),
                 "skipped": self.skipped[:20], "skipped_count": len(self.skipped)}
 
-
     def object_precision(self) -> float:
         """Percent of the pixels labeled as an object (any class but background 0) whose ground truth is that
         class: the teacher's OOD precision. A distractor or an object called the wrong target lowers it."""

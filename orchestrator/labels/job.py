@@ -19,7 +19,7 @@ from orchestrator.labels.store import LabelStore, cache_key, corpus_fingerprint,
 from orchestrator.teachers.fit_task import ensure_fitted_teacher, teacher_spec
 
 # The dataset (and, for the generated benchmark, every setting of its generator), the OOD corpus, and the
-# teacher (kind, weights or fit settings, prompts, inference settings).
+# teacher (kind, weights or fit settings, prompts, inference settings, and the noise that weakens its labels).
 LABEL_KEYS = (
     "data.dataset", "data.root", "data.seed", "data.image_size", "data.num_train", "data.num_val",
     "data.num_ood", "data.num_source", "data.distractor_share", "data.style_shift", "data.id_class_prior",
