@@ -173,7 +173,7 @@ def test_report_with_baseline_and_last_k_score_from_a_real_store(store, tmp_path
     out = write_report(store, "pairs", tmp_path / "r", baseline=["train.method=unimatch"], score="last2")
     # last-2 means: unimatch 51, 59; semiovs 53.5, 61.5 → differences 2.5, 2.5
     assert "| semiovs | 2 | 57.50 ± 5.66 | +2.5 [+2.5, +2.5] 2/2 |" in out["table"]
-    assert "val mIoU averaged over the last 2 epochs" in out["table"] and out["score"] == "last-2-epoch mean"
+    assert "Score: val mIoU (%) averaged over the last 2 epochs;" in out["table"] and out["score"] == "last-2-epoch mean"
     assert "gain_vs_labels.png" not in " ".join(out["files"])         # data.split is not swept here
     logged = client.get_run(parent).data.metrics
     assert logged["paired_gain/train.method_semiovs/mean"] == pytest.approx(2.5)
@@ -223,7 +223,7 @@ def test_teacher_quality_rows_pair_with_unimatch_and_plot_against_the_teachers_p
     gains = paired_gains(groups, keys, {"train.method": "unimatch"})
     assert gains[("0.0", "semiovs")].mean == pytest.approx(3.0) and gains[("0.5", "semiovs")].mean == -1.0
     ctx = PlotContext(groups, keys, INERT, "best-epoch val mIoU (%)", gains, "train.method=unimatch")
-    assert _quality_series(ctx) == {"train.method=semiovs": [(35.0, -1.0, 0.0, 0.0),
+    assert _quality_series(ctx) == {"train.method=semiovs": [(35.0, -1.0, 0.0, 0.0, "label_noise=0.5"),
                                                              (68.0, 3.0, pytest.approx(12.7062, abs=1e-3),
-                                                              pytest.approx(12.7062, abs=1e-3))]}
+                                                              pytest.approx(12.7062, abs=1e-3), "label_noise=0.0")]}
     assert "gain_vs_teacher_quality.png" in [p.name for p in plot_files(ctx, tmp_path)]

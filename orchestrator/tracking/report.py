@@ -246,7 +246,7 @@ def collect_trials(uri: str, experiment: str, history: bool = False) -> tuple[st
 
 
 def report_markdown(title: str, groups: list[Group], keys: list[str], cmp: Comparison = NO_COMPARISON) -> str:
-    parts = [f"# {title}\n", f"Score: {cmp.score.label} (%), mean ± std over seeds, one row per group of swept "
+    parts = [f"# {title}\n", f"Score: {cmp.score.label}; mean ± std over seeds, one row per group of swept "
                              f"keys:\n", format_markdown(groups, keys, cmp)]
     if cmp.baseline:
         parts += [f"\nPaired gain: per seed, the group's score minus that of the baseline group "

@@ -149,8 +149,8 @@ def _tau_plot(plt, ctx: PlotContext, path: Path) -> Path:
 
 
 def _quality_series(ctx: PlotContext) -> dict[str, list[tuple[float, ...]]]:
-    """(teacher OOD precision, gain, CI distances) per group that has both; one line per combination of the
-    keys other than the teacher's (so each label split gets its own line)."""
+    """(teacher OOD precision, gain, CI distances, the teacher keys' values) per group that has both; one line
+    per combination of the keys other than the teacher's (so each label split gets its own line)."""
     teacher = [i for i, k in enumerate(ctx.keys) if k.startswith("teacher.") or k == "ood.teacher_thresh"]
     lines: dict[str, list[tuple[float, ...]]] = {}
     for g in ctx.groups:
@@ -160,15 +160,18 @@ def _quality_series(ctx: PlotContext) -> dict[str, list[tuple[float, ...]]]:
             continue
         label = ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(ctx.keys, g.key))
                           if i not in teacher and v != ctx.inert)
-        lines.setdefault(label, []).append((statistics.fmean(precision), *point))
+        tag = ", ".join(f"{ctx.keys[i].split('.')[-1]}={g.key[i]}" for i in teacher if g.key[i] != ctx.inert)
+        lines.setdefault(label, []).append((statistics.fmean(precision), *point, tag))
     return {k: sorted(v) for k, v in lines.items()}
 
 
 def _quality_plot(plt, series: dict, ctx: PlotContext, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label, pts in series.items():
-        xs, ys, lo, hi = zip(*pts)
+        xs, ys, lo, hi, tags = zip(*pts)
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label or None)
+        for x, y, tag in zip(xs, ys, tags):
+            ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("teacher's OOD object precision (%)")
     ax.set_ylabel(f"paired gain over {ctx.baseline}\n({ctx.ylabel.split(' (')[0]}, 95% CI)", fontsize=8)

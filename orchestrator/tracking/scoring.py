@@ -36,10 +36,10 @@ class Score:
     def label(self) -> str:
         """What the tables say they show."""
         if self.kind == "best":
-            return "best-epoch val mIoU (the maximum over epochs: optimistic)"
+            return "best-epoch val mIoU (%), the maximum over epochs (optimistic)"
         if self.kind == "final":
-            return "final-epoch val mIoU"
-        return f"val mIoU averaged over the last {self.k} epochs"
+            return "final-epoch val mIoU (%)"
+        return f"val mIoU (%) averaged over the last {self.k} epochs"
 
     @property
     def short(self) -> str:
