@@ -109,7 +109,7 @@ def test_the_actor_stores_the_corrupted_labels_and_counts_their_pixels(ray_sessi
         assert np.array_equal(weak, corrupt_label(label, 1.0, 4, f"i{i}"))
         assert list(noisy["class_pixels"][i]) == np.bincount(weak.ravel(), minlength=4)[:4].tolist()
         changed += int((weak != label).sum())
-    assert changed > 0 and list(clean["confidence"]) == list(noisy["confidence"])     # the confidence plane is untouched
+    assert changed > 0 and list(clean["confidence"]) == list(noisy["confidence"])   # confidence plane untouched
 
 
 def test_teacher_quality_space_sweeps_the_noise_on_semiovs_with_teacher_labels():

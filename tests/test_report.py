@@ -173,11 +173,12 @@ def test_report_with_baseline_and_last_k_score_from_a_real_store(store, tmp_path
     out = write_report(store, "pairs", tmp_path / "r", baseline=["train.method=unimatch"], score="last2")
     # last-2 means: unimatch 51, 59; semiovs 53.5, 61.5 → differences 2.5, 2.5
     assert "| semiovs | 2 | 57.50 ± 5.66 | +2.5 [+2.5, +2.5] 2/2 |" in out["table"]
-    assert "Score: val mIoU (%) averaged over the last 2 epochs;" in out["table"] and out["score"] == "last-2-epoch mean"
+    assert "Score: val mIoU (%) averaged over the last 2 epochs;" in out["table"]
+    assert out["score"] == "last-2-epoch mean"
     assert "gain_vs_labels.png" not in " ".join(out["files"])         # data.split is not swept here
     logged = client.get_run(parent).data.metrics
-    assert logged["paired_gain/train.method_semiovs/mean"] == pytest.approx(2.5)
-    assert logged["paired_gain/train.method_semiovs/gained"] == 2.0
+    name = "paired_gain/last2_val_miou/vs_train.method_unimatch/train.method_semiovs"
+    assert logged[f"{name}/mean"] == pytest.approx(2.5) and logged[f"{name}/gained"] == 2.0
     with pytest.raises(UserError, match="no run has train.method=supervised"):
         write_report(store, "pairs", tmp_path / "r", baseline=["train.method=supervised"])
 

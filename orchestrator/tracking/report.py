@@ -212,15 +212,17 @@ def _round(value: float) -> float | str:
 
 
 def gain_metrics(groups: list[Group], keys: list[str], cmp: Comparison) -> dict[str, float]:
-    """The paired gains as metrics of the parent run: `paired_gain/<key>_<value>/.../<stat>`."""
+    """The paired gains as metrics of the parent run, named by score, baseline and group (so reports with
+    another --score or --baseline do not overwrite them): `paired_gain/<score>/vs_<k>_<v>/<key>_<value>/.../<stat>`."""
     out = {}
+    prefix = "/".join(["paired_gain", cmp.score.column,
+                       "vs_" + "_".join(f"{k}_{_metric_safe(v)}" for k, v in cmp.baseline.items())])
     for g in groups:
         gain = cmp.gains.get(g.key)
         if gain is None:
             continue
         slug = "/".join(f"{k}_{_metric_safe(v)}" for k, v in zip(keys, g.key) if v != INERT)
-        out.update({f"paired_gain/{slug}/{stat}": float(v) for stat, v in gain.as_dict().items()
-                    if math.isfinite(v)})
+        out.update({f"{prefix}/{slug}/{stat}": float(v) for stat, v in gain.as_dict().items() if math.isfinite(v)})
     return out
 
 
