@@ -31,6 +31,7 @@ def test_every_command_has_help(tmp_path, command):
     (["train", "--set", "data.dataset=pascal", "--set", "data.root=/nonexistent"], "does not exist"),
     (["train", "--tracking-uri", "./mlruns"], "file store, which MLflow 3 refuses"),
     (["data", "check", "/nonexistent/root"], "/nonexistent/root"),
+    (["report", "--experiment", "x", "--score", "worst"], "--score worst: unknown score. Fix: use one of best"),
 ])
 def test_user_errors_print_one_line_and_exit_2(tmp_path, args, message):
     space = tmp_path / "space.yaml"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from orchestrator.core.config import ExperimentConfig, flatten
-from orchestrator.core.label_format import read_label_table
+from orchestrator.core.label_format import read_label_quality, read_label_table
 from trainables.distributed import WorkerContext, make_context
 from trainables.inputs import TrialInput
 from trainables.metrics import OOD_GT_COUNTS, ConfusionMatrix, label_agreement
@@ -101,6 +101,7 @@ def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
     amp = cfg.train.amp and ctx.device.type == "cuda"
     flat = flatten(cfg)
     state = restore_state(ctx, flat, model, optimizer)
+    label_quality = read_label_quality(trial.label_store) if trial.label_store else {}   # the teacher's, per set
 
     broken = BrokenSamples()
     sampler = make_sampler(trial, ctx, seed + 7919 * state.epoch, broken)
@@ -132,7 +133,7 @@ def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
         state.best = max(state.best, ev.miou if math.isfinite(ev.miou) else 0.0)
         metrics = {"epoch": state.epoch, "val_miou": ev.miou, "best_val_miou": state.best, **logs,
                    "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": state.step,
-                   "resumed_from_epoch": resumed_from}
+                   "resumed_from_epoch": resumed_from, **label_quality}
         metrics.update({f"val_iou.{name}": v for name, v in zip(trial.class_names, ev.ious) if math.isfinite(v)})
         if ctx.is_main:
             try:

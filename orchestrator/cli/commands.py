@@ -134,7 +134,8 @@ def report(args: argparse.Namespace) -> int:
     from orchestrator.tracking.client import resolve_tracking_uri
 
     out = Path(args.out) if args.out else Path("reports") / "+".join(args.experiment)
-    summary = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out)
+    summary = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out,
+                           baseline=args.baseline, score=args.score)
     print(summary.pop("table"))
     print_json(summary)
     return 0

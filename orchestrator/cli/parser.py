@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sweep's name (its MLflow experiment); repeat it to merge sweeps into one table")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--out", help="output folder (default reports/<experiment>[+<experiment>...])")
+    p.add_argument("--baseline", action="append", metavar="KEY=VALUE",
+                   help="compare every group with the group that has this value, seed by seed: paired gain, "
+                        "its 95%% CI and the seeds that gained, e.g. --baseline train.method=unimatch "
+                        "(repeatable: all must hold)")
+    p.add_argument("--score", default="best", metavar="best|final|lastK",
+                   help="the number compared: best (best epoch, the default; optimistic), final (last epoch) "
+                        "or lastK (mean of the last K epochs, e.g. last3); the tables say which")
 
     p = sub.add_parser("ui", help="start the MLflow UI on the results (bound to 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")

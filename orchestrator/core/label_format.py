@@ -33,3 +33,20 @@ def read_label_table(entry: str | Path) -> dict[str, tuple[bytes, bytes]]:
     table = pq.read_table(Path(entry) / SHARDS_DIR, columns=["image_id", "label", "confidence", "error"])
     ids, labels, confs, errors = (table.column(c).to_pylist() for c in ("image_id", "label", "confidence", "error"))
     return {i: (l, c) for i, l, c, e in zip(ids, labels, confs, errors) if not e}
+
+
+MANIFEST = "manifest.json"
+QUALITY_METRICS = {"object_precision": "teacher_ood_precision", "miou": "teacher_ood_miou"}
+
+
+def read_label_quality(entry: str | Path) -> dict[str, float]:
+    """The label set's quality against OOD ground truth, as the labeling run measured it (manifest →
+    diagnostics → ground_truth): `teacher_ood_precision` and `teacher_ood_miou`, in percent. Empty when the
+    corpus has no ground truth, or the set was labeled before precision was measured."""
+    import json
+
+    try:
+        truth = json.loads((Path(entry) / MANIFEST).read_text())["diagnostics"]["ground_truth"] or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {name: float(truth[key]) for key, name in QUALITY_METRICS.items() if truth.get(key) is not None}

@@ -63,10 +63,22 @@ class GroundTruthScore:
 
     def compute(self, names: Sequence[str]) -> dict[str, Any]:
         iou, miou = self.cm.compute()
+        precision = self.object_precision()
         return {"images": self.images, "miou": round(miou, 3) if math.isfinite(miou) else None,
+                "object_precision": round(precision, 3) if math.isfinite(precision) else None,
                 "per_class_iou": {n: (round(v, 3) if math.isfinite(v) else None) for n, v in zip(names, iou)},
                 "pixel_acc": round(self.cm.pixel_accuracy(), 3),
                 "skipped": self.skipped[:20], "skipped_count": len(self.skipped)}
+
+    def object_precision(self) -> float:
+        """Percent of the pixels labeled as an object (any class but background 0) whose ground truth is that
+        class: the teacher's OOD precision. A distractor or an object called the wrong target lowers it."""
+        if self.cm.mat is None:
+            return math.nan
+        k = self.num_classes
+        mat = self.cm.mat.double()
+        labeled = float(mat[:, 1:k].sum())
+        return 100.0 * float(mat.diag()[1:].sum()) / labeled if labeled > 0 else math.nan
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -205,6 +217,8 @@ def metrics_for_mlflow(summary: dict[str, Any], prefix: str = "teacher.") -> dic
     if gt:
         if gt.get("miou") is not None:
             out[f"{prefix}miou"] = float(gt["miou"])
+        if gt.get("object_precision") is not None:
+            out[f"{prefix}object_precision"] = float(gt["object_precision"])
         out[f"{prefix}gt_images"] = float(gt["images"])
         for name, iou in gt["per_class_iou"].items():
             if iou is not None:

@@ -19,13 +19,13 @@ from orchestrator.labels.store import LabelStore, cache_key, corpus_fingerprint,
 from orchestrator.teachers.fit_task import ensure_fitted_teacher, teacher_spec
 
 # The dataset (and, for the generated benchmark, every setting of its generator), the OOD corpus, and the
-# teacher (kind, weights or fit settings, prompts, inference settings).
+# teacher (kind, weights or fit settings, prompts, inference settings, and the noise that weakens its labels).
 LABEL_KEYS = (
     "data.dataset", "data.root", "data.seed", "data.image_size", "data.num_train", "data.num_val",
     "data.num_ood", "data.num_source", "data.distractor_share", "data.style_shift", "data.id_class_prior",
     "ood.root",
     "teacher.kind", "teacher.pretrained", "teacher.arch", "teacher.templates", "teacher.resolution",
-    "teacher.sliding_window", "teacher.fit_steps",
+    "teacher.sliding_window", "teacher.fit_steps", "teacher.label_noise",
 )
 
 
@@ -60,13 +60,16 @@ def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
     inputs = key_inputs(teacher_kind=spec.kind, weights_digest=weights, arch=spec.arch, templates=spec.templates,
                         resolution=spec.resolution, sliding_window=spec.sliding_window,
                         vocabulary=vocab.to_dict(), corpus=corpus_fingerprint([p for _, p in items]))
+    noise = source.teacher.label_noise
+    if noise > 0:   # only then: the keys of every label set made without noise stay what they were
+        inputs = {**inputs, "label_noise": noise}
     r = cfg.resources
     device = "cuda" if r.gpus_per_teacher > 0 else "cpu"
     return LabelingJob(store=LabelStore.at(cache_root, cache_key(inputs)), key_inputs=inputs, items=items,
                        teacher_spec={**asdict(spec), "device": device}, vocabulary=vocab.to_dict(),
                        actors=r.teacher_actors, cpus_per_actor=r.cpus_per_teacher, gpus_per_actor=r.gpus_per_teacher,
                        batch_size=cfg.teacher.batch_size, max_broken_share=cfg.data.max_broken_share,
-                       masks=tuple(mask for _, _, mask in corpus))
+                       masks=tuple(mask for _, _, mask in corpus), label_noise=noise)
 
 
 def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print) -> LabelingOutcome:

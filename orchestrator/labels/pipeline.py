@@ -40,6 +40,7 @@ class LabelingJob:
     # Ground-truth mask per item (None = none), for the teacher-IoU diagnostic only. Empty = look for the
     # VOC layout's `<corpus>/SegmentationClass/<stem>.png` beside `<corpus>/JPEGImages/<stem>.<ext>`.
     masks: tuple[str | None, ...] = ()
+    label_noise: float = 0.0              # teacher.label_noise: share of object segments relabeled (labels/noise.py)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 class TeacherActor:
     """Holds one teacher (loaded once per actor) and labels batches of decoded images."""
 
-    def __init__(self, teacher_spec: dict[str, Any], vocabulary: dict[str, Any], threads: int):
+    def __init__(self, teacher_spec: dict[str, Any], vocabulary: dict[str, Any], threads: int,
+                 label_noise: float = 0.0):
         import torch
 
         from orchestrator.core.nodes import this_node
@@ -94,6 +96,7 @@ class TeacherActor:
         self.vocab = Vocabulary.from_dict(vocabulary)
         self.teacher = build_teacher(TeacherSpec(**teacher_spec), self.vocab)
         self.node = this_node()   # recorded per row: which nodes labeled (the manifest lists them)
+        self.label_noise = label_noise
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if "image" not in batch:  # no CPUs left for decode tasks: decode here (see decode_cpus)
@@ -112,14 +115,22 @@ class TeacherActor:
             pred, conf = self.teacher.predict(stack)
             conf_u8 = np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8)
             for j, i in enumerate(rows):
-                labels[i] = encode_png(pred[j])
+                label = self._weakened(pred[j], str(batch["image_id"][i]))
+                labels[i] = encode_png(label)
                 confs[i] = encode_png(conf_u8[j])
-                class_pixels[i] = np.bincount(pred[j].ravel(), minlength=self.vocab.num_classes)[: self.vocab.num_classes]
+                class_pixels[i] = np.bincount(label.ravel(), minlength=self.vocab.num_classes)[: self.vocab.num_classes]
                 hists[i] = np.histogram(conf[j], bins=CONF_BINS, range=(0.0, 1.0))[0]
         return {"image_id": batch["image_id"], "label": np.array(labels, dtype=object),
                 "confidence": np.array(confs, dtype=object), "error": batch["error"],
                 "class_pixels": list(class_pixels), "conf_hist": list(hists),
                 "node": np.array([self.node] * n, dtype=object)}
+
+    def _weakened(self, label: np.ndarray, image_id: str) -> np.ndarray:
+        if self.label_noise <= 0:
+            return label
+        from orchestrator.labels.noise import corrupt_label
+
+        return corrupt_label(label, self.label_noise, self.vocab.num_classes, image_id)
 
 
 def run_labeling(job: LabelingJob) -> LabelingOutcome:
@@ -186,7 +197,7 @@ def _write_shards(job: LabelingJob, out: Path) -> None:
         TeacherActor,
         compute=ray.data.ActorPoolStrategy(size=job.actors),
         fn_constructor_kwargs={"teacher_spec": job.teacher_spec, "vocabulary": job.vocabulary,
-                               "threads": max(1, int(job.cpus_per_actor))},
+                               "threads": max(1, int(job.cpus_per_actor)), "label_noise": job.label_noise},
         batch_size=job.batch_size,
         num_cpus=job.cpus_per_actor,
         num_gpus=job.gpus_per_actor,

@@ -172,9 +172,15 @@ def trial_runs(uri: str, experiment_id: str) -> list[dict[str, Any]]:
         trial_id = run.data.tags.get("trial_id", run.info.run_id)
         if trial_id not in seen:
             seen.add(trial_id)
-            out.append({"trial_id": trial_id, "params": dict(run.data.params), "metrics": dict(run.data.metrics),
-                        "status": run.info.status})
+            out.append({"trial_id": trial_id, "run_id": run.info.run_id, "params": dict(run.data.params),
+                        "metrics": dict(run.data.metrics), "status": run.info.status})
     return out
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of a metric, oldest first within a step."""
+    history = client(uri).get_metric_history(run_id, key)
+    return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
 
 
 # ---- epochs ---------------------------------------------------------------------------------------

@@ -1,20 +1,27 @@
-"""`run.py report`: turn sweeps' MLflow runs into grouped tables (mean ± std over seeds) and plots.
+"""`run.py report`: turn sweeps' MLflow runs into grouped tables (mean ± std over seeds), paired gains and plots.
 
 Tables: one row per group of the swept keys; when `data.split` is swept, the paper's layout too (rows =
 methods, columns = label splits); and per-class IoU (last epoch) per group. Several experiments can be
 merged (e.g. `methods` and `naive_ood`), so a baseline run as its own sweep sits in the same table.
-Pure parts (`group_rows`, `format_*`) take plain dicts; `collect_trials` is the only MLflow read and
-`write_report` the only writer, so the numbers are tested on hand-made rows.
+With `--baseline key=value`, each group is also compared with the baseline group run with the same seeds
+(orchestrator.tracking.paired): mean paired gain, its 95% t interval, and the seeds that gained.
+`--score` picks the number compared (orchestrator.tracking.scoring): best epoch, last epoch, or a last-k mean.
+Pure parts (`group_rows`, `paired_gains`, `format_*`) take plain dicts; `collect_trials` is the only MLflow
+read and `write_report` the only writer, so the numbers are tested on hand-made rows.
 """
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.tracking import client as mlflow_runs
+from orchestrator.tracking import paired
+from orchestrator.tracking.report_plots import TEACHER_PRECISION, PlotContext, plot_files
+from orchestrator.tracking.scoring import PER_EPOCH, Score, parse_score, score_of
 from orchestrator.core.errors import UserError
 from orchestrator.core.tables import csv_text, markdown_table
 
@@ -25,12 +32,21 @@ CLASS_PREFIX = "val_iou."
 INERT = "–"   # shown for a key that does not affect the run (e.g. ood.* of a method without an OOD stream)
 
 
+EXTRA_METRICS = (TEACHER_PRECISION,)   # per-run numbers kept beside the score (the teacher-quality plot's x)
+# Config keys added after runs were logged, with the value the older code used: a run without the key groups
+# with the runs that set it to that value (e.g. the `methods` sweep's SemiOVS runs had no label noise).
+ADDED_KEYS = {"teacher.label_noise": "0.0"}
+BEST = Score("best")
+
+
 @dataclass(frozen=True)
 class Group:
     key: tuple                  # values of the grouping params, in `keys` order
-    values: list[float]         # the metric of each run in the group (one per seed)
+    values: list[float]         # the score of each run in the group
     mask_ratio: list[float]
     per_class: dict[str, list[float]] = field(default_factory=dict)   # class -> last-epoch IoU per run
+    seeds: list[str] = field(default_factory=list)                    # each run's seed, parallel to values
+    extra: dict[str, list[float]] = field(default_factory=dict)       # EXTRA_METRICS per run
 
     @property
     def mean(self) -> float:
@@ -42,10 +58,14 @@ class Group:
 
 
 def effective_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Params with inert keys blanked: `ood.*` does nothing without an OOD stream (supervised, unimatch), so
-    a supervised run of one sweep and of another group together whatever their ood.label_source says."""
+    """Params with inert keys blanked: `ood.*` and `teacher.*` do nothing without an OOD stream (supervised,
+    unimatch), and `teacher.*` nothing when the OOD stream is not labeled by the teacher; so a supervised run of
+    one sweep and of another group together whatever their ood.label_source says."""
+    params = {**ADDED_KEYS, **params}
     if params.get("train.method") in ("supervised", "unimatch"):
-        return {k: (INERT if k.startswith("ood.") else v) for k, v in params.items()}
+        return {k: (INERT if k.startswith(("ood.", "teacher.")) else v) for k, v in params.items()}
+    if params.get("ood.label_source", "teacher") != "teacher":
+        return {k: (INERT if k.startswith("teacher.") or k == "ood.teacher_thresh" else v) for k, v in params.items()}
     return dict(params)
 
 
@@ -58,20 +78,28 @@ def grouping_keys(trials: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if k not in SEED_KEYS and len({p.get(k) for p in params} - {INERT, None}) > 1]
 
 
-def group_rows(trials: list[dict[str, Any]], keys: list[str]) -> list[Group]:
+def seed_of(params: dict[str, Any]) -> str:
+    return "/".join(str(params.get(k)) for k in SEED_KEYS)
+
+
+def group_rows(trials: list[dict[str, Any]], keys: list[str], score: Score = BEST) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for t in trials:
-        if METRIC not in t["metrics"]:
+        value = score_of(t["metrics"], t.get("history"), score)
+        if value is None:
             continue
         params = effective_params(t["params"])
         key = tuple(params.get(k) for k in keys)
         g = groups.setdefault(key, Group(key, [], []))
-        g.values.append(t["metrics"][METRIC])
+        g.values.append(value)
+        g.seeds.append(seed_of(t["params"]))
         if "mask_ratio" in t["metrics"]:
             g.mask_ratio.append(t["metrics"]["mask_ratio"])
-        for name, value in t["metrics"].items():
+        for name, metric in t["metrics"].items():
             if name.startswith(CLASS_PREFIX):
-                g.per_class.setdefault(name[len(CLASS_PREFIX):], []).append(value)
+                g.per_class.setdefault(name[len(CLASS_PREFIX):], []).append(metric)
+            elif name in EXTRA_METRICS:
+                g.extra.setdefault(name, []).append(metric)
     return sorted(groups.values(), key=lambda g: tuple(_sortable(v) for v in g.key))
 
 
@@ -82,9 +110,54 @@ def _sortable(value: Any) -> tuple:
         return (1, 0.0, str(value))
 
 
-def format_markdown(groups: list[Group], keys: list[str]) -> str:
-    return markdown_table([*keys, "runs", f"{METRIC} (mean ± std)"],
-                           [[*g.key, len(g.values), f"{g.mean:.2f} ± {g.std:.2f}"] for g in groups])
+def paired_gains(groups: list[Group], keys: list[str], baseline: dict[str, str]) -> dict[tuple, paired.PairedGain]:
+    """Each group's paired gain over its baseline group (same values on the other keys), seed by seed."""
+    if not baseline:
+        return {}
+    paired.check_baseline(baseline, keys, [g.key for g in groups])
+    by_key = {g.key: g for g in groups}
+    out = {}
+    for g in groups:
+        if paired.is_baseline(g.key, keys, baseline):
+            continue
+        base = paired.match_baseline(g.key, keys, baseline, list(by_key), INERT)
+        if base is None:
+            continue
+        diffs = paired.differences(paired.per_seed(g.seeds, g.values),
+                                   paired.per_seed(by_key[base].seeds, by_key[base].values))
+        if diffs:
+            out[g.key] = paired.paired_gain(diffs)
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What the tables compare: the score, and (optionally) the baseline and each group's paired gain."""
+    score: Score = BEST
+    baseline: dict[str, str] = field(default_factory=dict)
+    gains: dict[tuple, paired.PairedGain] = field(default_factory=dict)
+
+    @property
+    def baseline_text(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.baseline.items())
+
+    def gain_cell(self, g: Group, keys: list[str]) -> str:
+        if paired.is_baseline(g.key, keys, self.baseline):
+            return "baseline"
+        gain = self.gains.get(g.key)
+        return gain.cell() if gain else ""
+
+
+NO_COMPARISON = Comparison()
+
+
+def format_markdown(groups: list[Group], keys: list[str], cmp: Comparison = NO_COMPARISON) -> str:
+    header = [*keys, "runs", f"{cmp.score.column} (mean ± std)"]
+    rows = [[*g.key, len(g.values), f"{g.mean:.2f} ± {g.std:.2f}"] for g in groups]
+    if cmp.baseline:
+        header.append(f"paired gain vs {cmp.baseline_text} [95% CI] seeds gained")
+        rows = [[*row, cmp.gain_cell(g, keys)] for row, g in zip(rows, groups)]
+    return markdown_table(header, rows)
 
 
 def _cell(values: list[float]) -> str:
@@ -94,10 +167,11 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {std:.1f}"
 
 
-def format_by_split(groups: list[Group], keys: list[str]) -> str:
+def format_by_split(groups: list[Group], keys: list[str], cell: Callable[[Group], str] | None = None) -> str:
     """The paper's layout: a row per combination of the other keys (methods), a column per label split."""
     if SPLIT_KEY not in keys or len(keys) < 2:
         return ""
+    cell = cell or (lambda g: _cell(g.values))
     si = keys.index(SPLIT_KEY)
     row_keys = [k for k in keys if k != SPLIT_KEY]
     splits = sorted({g.key[si] for g in groups}, key=_sortable)
@@ -106,7 +180,7 @@ def format_by_split(groups: list[Group], keys: list[str]) -> str:
         rows.setdefault(tuple(v for i, v in enumerate(g.key) if i != si), {})[g.key[si]] = g
     ordered = sorted(rows.items(), key=lambda kv: tuple(_sortable(v) for v in kv[0]))
     return markdown_table([*row_keys, *(f"{s} labels" for s in splits)],
-                           [[*row, *(_cell(by_split[s].values) if s in by_split else "" for s in splits)]
+                           [[*row, *(cell(by_split[s]) if s in by_split else "" for s in splits)]
                             for row, by_split in ordered])
 
 
@@ -119,13 +193,46 @@ def format_per_class(groups: list[Group], keys: list[str]) -> str:
                            [[*g.key, *(_cell(g.per_class.get(c, [])) for c in classes)] for g in groups])
 
 
-def format_csv(groups: list[Group], keys: list[str]) -> str:
-    return csv_text([*keys, "runs", f"{METRIC}_mean", f"{METRIC}_std"],
-                    [[*g.key, len(g.values), round(g.mean, 4), round(g.std, 4)] for g in groups])
+def format_csv(groups: list[Group], keys: list[str], cmp: Comparison = NO_COMPARISON) -> str:
+    col = cmp.score.column
+    header = [*keys, "runs", f"{col}_mean", f"{col}_std"]
+    rows = [[*g.key, len(g.values), round(g.mean, 4), round(g.std, 4)] for g in groups]
+    if cmp.baseline:
+        header += ["baseline", "gain_mean", "gain_ci_low", "gain_ci_high", "gain_pairs", "gain_seeds_gained"]
+        for row, g in zip(rows, groups):
+            gain = cmp.gains.get(g.key)
+            stats = [round(gain.mean, 4), _round(gain.low), _round(gain.high), gain.pairs, gain.gained] if gain \
+                else [""] * 5
+            row += [cmp.baseline_text if paired.is_baseline(g.key, keys, cmp.baseline) else "", *stats]
+    return csv_text(header, rows)
 
 
-def collect_trials(uri: str, experiment: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(parent run id, trials) of a sweep; a trial re-run after a resume counts once (newest run)."""
+def _round(value: float) -> float | str:
+    return round(value, 4) if math.isfinite(value) else ""
+
+
+def gain_metrics(groups: list[Group], keys: list[str], cmp: Comparison) -> dict[str, float]:
+    """The paired gains as metrics of the parent run, named by score, baseline and group (so reports with
+    another --score or --baseline do not overwrite them): `paired_gain/<score>/vs_<k>_<v>/<key>_<value>/.../<stat>`."""
+    out = {}
+    prefix = "/".join(["paired_gain", cmp.score.column,
+                       "vs_" + "_".join(f"{k}_{_metric_safe(v)}" for k, v in cmp.baseline.items())])
+    for g in groups:
+        gain = cmp.gains.get(g.key)
+        if gain is None:
+            continue
+        slug = "/".join(f"{k}_{_metric_safe(v)}" for k, v in zip(keys, g.key) if v != INERT)
+        out.update({f"{prefix}/{slug}/{stat}": float(v) for stat, v in gain.as_dict().items() if math.isfinite(v)})
+    return out
+
+
+def _metric_safe(value: Any) -> str:
+    return re.sub(r"[^\w.\-]", "_", str(value))
+
+
+def collect_trials(uri: str, experiment: str, history: bool = False) -> tuple[str | None, list[dict[str, Any]]]:
+    """(parent run id, trials) of a sweep; a trial re-run after a resume counts once (newest run). With
+    `history`, each trial also carries its per-epoch val_miou (for a last-k score)."""
     experiment_id = mlflow_runs.experiment_id_of(uri, experiment)
     if experiment_id is None:
         raise UserError(f"no MLflow experiment '{experiment}' in {uri}. Fix: pass the sweep's --name as "
@@ -134,122 +241,57 @@ def collect_trials(uri: str, experiment: str) -> tuple[str | None, list[dict[str
     trials = mlflow_runs.trial_runs(uri, experiment_id)
     if not trials:
         raise UserError(f"experiment '{experiment}' has no trial runs yet. Fix: wait for a trial to report.")
+    if history:
+        for t in trials:
+            t["history"] = mlflow_runs.metric_history(uri, t["run_id"], PER_EPOCH)
     return (parents[0].info.run_id if parents else None), trials
 
 
-@dataclass(frozen=True)
-class ErrorbarPlot:
-    """A plot of the metric (mean ± std) against one swept key, drawn when that key varies."""
-
-    key: str
-    xlabel: str
-    file: str
-    logx: bool = False
-
-
-ERRORBAR_PLOTS = (
-    ErrorbarPlot("ood.ratio", "OOD share of the unlabeled batch (ood.ratio)", "miou_vs_ood_ratio.png"),
-    ErrorbarPlot(SPLIT_KEY, "labeled images (data.split)", "miou_vs_labels.png", logx=True),
-)
-TAU_KEY = "train.conf_thresh"
-
-
-def plot_files(groups: list[Group], keys: list[str], out: Path) -> list[Path]:
-    """The plots that the swept keys make meaningful (each needs its x-axis key to vary)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = [_errorbar_plot(plt, groups, keys, plot, out / plot.file) for plot in ERRORBAR_PLOTS if plot.key in keys]
-    if TAU_KEY in keys:
-        made.append(_tau_plot(plt, groups, keys, out / "tau_mask_ratio_miou.png"))
-    return made
-
-
-def _series(groups: list[Group], keys: list[str], x_key: str) -> dict[str, list[tuple[float, float, float]]]:
-    """(x, mean, std) points, one line per combination of the other keys (so merged sweeps never share a line)."""
-    xi = keys.index(x_key)
-    lines: dict[str, list[tuple[float, float, float]]] = {}
-    for g in groups:
-        try:
-            x = float(g.key[xi])
-        except (TypeError, ValueError):
-            continue
-        label = ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, g.key)) if i != xi and v != INERT)
-        lines.setdefault(label, []).append((x, g.mean, g.std))
-    return {k: sorted(v) for k, v in lines.items()}
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _errorbar_plot(plt, groups: list[Group], keys: list[str], plot: ErrorbarPlot, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    ticks: set[float] = set()
-    for label, pts in _series(groups, keys, plot.key).items():
-        xs, ys, es = zip(*pts)
-        ticks.update(xs)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label or None)
-    ax.set_xlabel(plot.xlabel)
-    ax.set_ylabel("best val mIoU (%)")
-    if plot.logx:
-        ax.set_xscale("log", base=2)
-        ax.minorticks_off()
-    ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])   # the swept values, not 2^k
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    return _save(plt, fig, path)
-
-
-def _tau_plot(plt, groups: list[Group], keys: list[str], path: Path) -> Path:
-    """mIoU and the ID mask ratio against τ, on twin y-axes."""
-    xi = keys.index(TAU_KEY)
-    pts = sorted((float(g.key[xi]), statistics.fmean(g.mask_ratio) if g.mask_ratio else math.nan, g.mean)
-                 for g in groups)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", color="C0", label="mIoU")
-    ax.set_xlabel("τ (train.conf_thresh)")
-    ax.set_ylabel("best val mIoU (%)", color="C0")
-    twin = ax.twinx()
-    twin.plot([p[0] for p in pts], [p[1] for p in pts], "s--", color="C1")
-    twin.set_ylabel("mask ratio (ID pixels above τ)", color="C1")
-    return _save(plt, fig, path)
-
-
-def report_markdown(title: str, groups: list[Group], keys: list[str]) -> str:
-    parts = [f"# {title}\n", f"{METRIC} (%), mean ± std over seeds, one row per group of swept keys:\n",
-             format_markdown(groups, keys)]
+def report_markdown(title: str, groups: list[Group], keys: list[str], cmp: Comparison = NO_COMPARISON) -> str:
+    parts = [f"# {title}\n", f"Score: {cmp.score.label}; mean ± std over seeds, one row per group of swept "
+                             f"keys:\n", format_markdown(groups, keys, cmp)]
+    if cmp.baseline:
+        parts += [f"\nPaired gain: per seed, the group's score minus that of the baseline group "
+                  f"({cmp.baseline_text}) run with the same seed (same labeled images, initialisation and data "
+                  f"order); the mean over seeds, its 95% confidence interval (Student's t, n − 1 degrees of "
+                  f"freedom), and how many of the paired seeds gained. Score: {cmp.score.short}.\n"]
     by_split = format_by_split(groups, keys)
     if by_split:
-        parts += ["\nThe same, rows = the other keys, columns = label splits (the paper's layout):\n", by_split]
+        parts += [f"\nThe same ({cmp.score.short} score), rows = the other keys, columns = label splits "
+                  f"(the paper's layout):\n", by_split]
+        if cmp.gains:
+            parts += [f"\nPaired gain over {cmp.baseline_text} [95% CI] seeds gained, per label split:\n",
+                      format_by_split(groups, keys, lambda g: cmp.gain_cell(g, keys))]
     per_class = format_per_class(groups, keys)
     if per_class:
         parts += ["\nPer-class val IoU (%) at the last epoch, mean ± std over seeds:\n", per_class]
     return "\n".join(parts)
 
 
-def write_report(uri: str, experiments: list[str] | str, out_dir: Path) -> dict[str, Any]:
+def write_report(uri: str, experiments: list[str] | str, out_dir: Path, baseline: list[str] | None = None,
+                 score: str = "best") -> dict[str, Any]:
     """Report on one sweep, or on several merged into one table (their trials grouped together)."""
     names = [experiments] if isinstance(experiments, str) else list(experiments)
+    chosen, wanted = parse_score(score), paired.parse_baseline(baseline)
     parents, trials = [], []
     for name in names:
-        parent, found = collect_trials(uri, name)
+        parent, found = collect_trials(uri, name, history=chosen.needs_history)
         parents += [parent] if parent else []
         trials += found
     keys = grouping_keys(trials)
-    groups = group_rows(trials, keys)
+    groups = group_rows(trials, keys, chosen)
+    cmp = Comparison(chosen, wanted, paired_gains(groups, keys, wanted))
     out_dir.mkdir(parents=True, exist_ok=True)
     title = " + ".join(names)
     files = [out_dir / "report.md", out_dir / "report.csv"]
-    files[0].write_text(report_markdown(title, groups, keys))
-    files[1].write_text(format_csv(groups, keys))
-    files += plot_files(groups, keys, out_dir)
+    files[0].write_text(report_markdown(title, groups, keys, cmp))
+    files[1].write_text(format_csv(groups, keys, cmp))
+    files += plot_files(PlotContext(groups, keys, INERT, f"{chosen.short} val mIoU (%)", cmp.gains,
+                                    cmp.baseline_text), out_dir)
+    metrics = gain_metrics(groups, keys, cmp)
     for parent in parents:
         mlflow_runs.log_files(uri, parent, files, "report")
-    return {"experiment": title, "trials": len(trials), "groups": len(groups), "keys": keys,
-            "files": [str(f) for f in files], "table": files[0].read_text()}
+        if metrics:
+            mlflow_runs.log_metrics(uri, parent, metrics)
+    return {"experiment": title, "trials": len(trials), "groups": len(groups), "keys": keys, "score": chosen.short,
+            "paired_gains": len(cmp.gains), "files": [str(f) for f in files], "table": files[0].read_text()}
