@@ -16,6 +16,7 @@ from PIL import Image
 
 from orchestrator.core.errors import UserError
 from orchestrator.core.masks import voc_palette
+from orchestrator.core.paths import inside
 from orchestrator.core.vocab import Vocabulary
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -94,6 +95,7 @@ class SegDataset:
             raise DatasetError(f"dataset root {root} does not exist; {SYNTH_HINT}")
         sdir = Path(splits_dir).expanduser().resolve() if splits_dir is not None else root / "splits"
         split = str(split)
+        inside(sdir, split)   # data.split names a folder of splits_dir; '../x' must not read elsewhere
         files = {"labeled": sdir / split / "labeled.txt", "unlabeled": sdir / split / "unlabeled.txt",
                  "val": sdir / "val.txt"}
         for name, f in files.items():
