@@ -3,7 +3,8 @@
 Layout of one entry, `<cache>/labels/<key>/`:
     shards/*.parquet   columns image_id, label (PNG bytes), confidence (PNG bytes, uint8 = round(255·p)),
                        error (non-empty for a skipped, broken image), class_pixels, conf_hist
-    manifest.json      the key's inputs, counts, rejected images, diagnostics (written last)
+    manifest.json      the key's inputs, counts, rejected images, diagnostics, the size and sha256 of every
+                       shard (written last; readers check the shards against it)
 
 The key digests everything that changes the teacher's output (teacher kind, weights, vocabulary, templates,
 resolution, labeling code version, the corpus' files) and nothing that doesn't: confidence thresholds are
