@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from orchestrator.core.images import check_classes
 from orchestrator.core.masks import IGNORE
 from trainables import augment
 
@@ -71,7 +72,8 @@ class StreamFiles:
 
 class StreamSampler:
     def __init__(self, files: StreamFiles, *, ood_labels: OODLabels | None, crop: int, seed: int,
-                 broken: BrokenSamples, max_broken_share: float):
+                 broken: BrokenSamples, max_broken_share: float, num_classes: int = 0):
+        self.num_classes = num_classes   # > 0: a labeled mask with another class value is skipped as broken
         self.labeled = list(files.labeled)
         self.unlabeled = list(files.unlabeled)
         self.ood = list(files.ood)
@@ -106,6 +108,8 @@ class StreamSampler:
     def labeled_batch(self, n: int) -> dict[str, torch.Tensor]:
         def read(pair):
             image, mask = load_image_cached(pair[0]), load_mask_cached(pair[1])
+            if self.num_classes:
+                check_classes(mask, self.num_classes, pair[1])
             return augment.weak_pair(image, mask, self.crop, IGNORE, self.rng)
 
         xs, ys = zip(*(self._draw(self.labeled, read) for _ in range(n)))

@@ -33,8 +33,11 @@ def corpus_fingerprint(paths: list[str]) -> str:
     """Digest of the corpus' files by path, size and mtime (cheap, and changes when a file does)."""
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError as err:   # missing, dangling or looping: labeling rejects and lists it
+            h.update(f"{p}\0unreadable {err.errno}\n".encode())
     return h.hexdigest()[:20]
 
 
