@@ -99,7 +99,8 @@ def data_check(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"{p.path}: {p.kind}: {p.detail}")
     if problems:
-        print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
+        print(f"error: {len(problems)} problem(s) in {args.root}, listed above. Fix: repair or remove those "
+              f"files (a run skips, counts and lists the unreadable ones).", file=sys.stderr)
         return 2
     print(f"no problems found in {args.root}")
     return 0
