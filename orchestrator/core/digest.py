@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 
@@ -24,8 +25,6 @@ def file_checksum(path) -> dict[str, Any]:
 def checksum_problem(path, recorded: dict[str, Any]) -> str | None:
     """How the file at `path` differs from its recorded checksum (None = intact). The size is compared
     first: a truncated file is named as such without hashing it."""
-    import os
-
     if not os.path.isfile(path):
         return f"{path} is missing"
     size = os.path.getsize(path)
