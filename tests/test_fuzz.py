@@ -22,7 +22,7 @@ from orchestrator.cli import main
 from orchestrator.core.config import CONFIG_KEYS
 from orchestrator.sweep.space import TOP_KEYS
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class ReachedRay(Exception):

@@ -1,4 +1,4 @@
-"""Short content digests for cache keys: the same JSON-able value gives the same digest on every machine."""
+"""Short content digests for cache keys, and file checksums: the same input gives the same digest on every machine."""
 from __future__ import annotations
 
 import hashlib
