@@ -86,6 +86,7 @@ class StreamSampler:
         self.max_broken_share = max_broken_share
         total = len(self.labeled) + len(self.unlabeled) + len(self.ood)
         self._broken_limit = max(1, int(max_broken_share * total))
+        self._skipped: set[str] = set()   # training files only: `broken` also lists val files
 
     def _draw(self, items: list, read):
         """Read a random item, skipping (and recording) broken ones."""
@@ -98,10 +99,11 @@ class StreamSampler:
                 return read(item)
             except SampleError as err:
                 self.broken.add(str(err.path), err.reason)
-                if len(self.broken) > self._broken_limit:
+                self._skipped.add(str(err.path))
+                if len(self._skipped) > self._broken_limit:
                     raise UserError(
                         f"more than {self.max_broken_share:.0%} of the training images are unreadable "
-                        f"({len(self.broken)}, e.g. {err.path}: {err.reason}). Fix: run "
+                        f"({len(self._skipped)}, e.g. {err.path}: {err.reason}). Fix: run "
                         f"`python run.py data check <root>` and repair them, or raise data.max_broken_share."
                     ) from None
 
