@@ -8,6 +8,7 @@ from typing import Any
 from orchestrator.core.config import build_config, flatten
 from orchestrator.core.console import Console
 from orchestrator.core import storage as store
+from orchestrator.core.names import check_name
 from orchestrator.core.paths import default_cache_root, default_storage_root, files_root, resolve_root, run_files_dir, train_run_name
 from orchestrator.tracking import client as mlflow_runs
 
@@ -52,6 +53,7 @@ def run_single(req: TrainRequest) -> dict[str, Any]:
 
     started = time.time()
     console = Console(req.quiet)
+    check_name(req.experiment, "--experiment")
     cfg = build_config(req.overrides, "--set")
     cache = resolve_root(req.cache, default_cache_root())
     storage = store.resolve_storage(req.storage, default_storage_root())

@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from orchestrator.core.images import check_classes
 from orchestrator.core.masks import IGNORE
 from trainables import augment
 
@@ -71,7 +72,8 @@ class StreamFiles:
 
 class StreamSampler:
     def __init__(self, files: StreamFiles, *, ood_labels: OODLabels | None, crop: int, seed: int,
-                 broken: BrokenSamples, max_broken_share: float):
+                 broken: BrokenSamples, max_broken_share: float, num_classes: int = 0):
+        self.num_classes = num_classes   # > 0: a labeled mask with another class value is skipped as broken
         self.labeled = list(files.labeled)
         self.unlabeled = list(files.unlabeled)
         self.ood = list(files.ood)
@@ -84,6 +86,7 @@ class StreamSampler:
         self.max_broken_share = max_broken_share
         total = len(self.labeled) + len(self.unlabeled) + len(self.ood)
         self._broken_limit = max(1, int(max_broken_share * total))
+        self._skipped: set[str] = set()   # training files only: `broken` also lists val files
 
     def _draw(self, items: list, read):
         """Read a random item, skipping (and recording) broken ones."""
@@ -96,16 +99,19 @@ class StreamSampler:
                 return read(item)
             except SampleError as err:
                 self.broken.add(str(err.path), err.reason)
-                if len(self.broken) > self._broken_limit:
+                self._skipped.add(str(err.path))
+                if len(self._skipped) > self._broken_limit:
                     raise UserError(
                         f"more than {self.max_broken_share:.0%} of the training images are unreadable "
-                        f"({len(self.broken)}, e.g. {err.path}: {err.reason}). Fix: run "
+                        f"({len(self._skipped)}, e.g. {err.path}: {err.reason}). Fix: run "
                         f"`python run.py data check <root>` and repair them, or raise data.max_broken_share."
                     ) from None
 
     def labeled_batch(self, n: int) -> dict[str, torch.Tensor]:
         def read(pair):
             image, mask = load_image_cached(pair[0]), load_mask_cached(pair[1])
+            if self.num_classes:
+                check_classes(mask, self.num_classes, pair[1])
             return augment.weak_pair(image, mask, self.crop, IGNORE, self.rng)
 
         xs, ys = zip(*(self._draw(self.labeled, read) for _ in range(n)))

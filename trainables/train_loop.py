@@ -128,7 +128,7 @@ def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
         state.step += iters
         state.epoch += 1
         ev = evaluate(unwrap(model), list(trial.val[ctx.rank::ctx.world_size]), len(trial.class_names), ctx,
-                      keep=cfg.train.overlay_images if ctx.is_main else 0)
+                      keep=cfg.train.overlay_images if ctx.is_main else 0, broken=broken)
         state.new_best = math.isfinite(ev.miou) and ev.miou > state.best
         state.best = max(state.best, ev.miou if math.isfinite(ev.miou) else 0.0)
         metrics = {"epoch": state.epoch, "val_miou": ev.miou, "best_val_miou": state.best, **logs,
@@ -195,7 +195,7 @@ def make_sampler(trial: TrialInput, ctx: WorkerContext, seed: int, broken: Broke
     shard = slice(ctx.rank, None, ctx.world_size)
     files = StreamFiles(trial.labeled, trial.unlabeled[shard], trial.ood[shard], trial.ood_masks[shard])
     return StreamSampler(files, ood_labels=ood_labels, crop=cfg.data.crop_size, seed=seed, broken=broken,
-                         max_broken_share=cfg.data.max_broken_share)
+                         max_broken_share=cfg.data.max_broken_share, num_classes=len(trial.class_names))
 
 
 def steps_per_epoch(cfg: ExperimentConfig, sampler: StreamSampler) -> int:
@@ -263,12 +263,13 @@ class Evaluation(NamedTuple):
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (image, ground truth, prediction), first `keep`
 
 
-def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerContext, keep: int = 0) -> Evaluation:
+def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerContext, keep: int = 0,
+             broken: BrokenSamples | None = None) -> Evaluation:
     """Whole val images at native size (the paper's 'original' mode); same-size images are batched.
 
     The predictions of the first `keep` images of `val` (fixed across epochs) are kept for the overlays.
     """
-    from orchestrator.core.images import SampleError
+    from orchestrator.core.images import SampleError, check_classes
     from trainables.augment import to_tensor_normalized
 
     model.eval()
@@ -276,8 +277,11 @@ def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerCon
     by_size: dict[tuple, list] = defaultdict(list)
     for index, (image_path, mask_path) in enumerate(val):
         try:
-            image, mask = load_image_cached(image_path), load_mask_cached(mask_path)
-        except SampleError:  # unreadable val files are left out (`run.py data check` lists them)
+            image, mask = load_image_cached(image_path), check_classes(load_mask_cached(mask_path), num_classes,
+                                                                       mask_path)
+        except SampleError as err:  # left out, and counted and listed with the run's broken samples
+            if broken is not None:
+                broken.add(err.path, err.reason)
             continue
         by_size[image.shape].append((index, image, mask))
     kept = {}

@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)   # one line, whatever it quotes
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted; resume a sweep with --resume", file=sys.stderr)

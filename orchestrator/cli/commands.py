@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 from typing import Any
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from orchestrator.cli.parser import parse_sets
 from orchestrator.core.config import build_config
 from orchestrator.core.console import Console
 from orchestrator.core.errors import UserError
+from orchestrator.core.names import check_name
 from orchestrator.core.paths import default_cache_root, resolve_root
 
 
@@ -35,7 +37,7 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"\nsweep '{outcome.name}' finished in {outcome.seconds:.0f} s\n")
     print(outcome.table)
     print(f"\nMLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}")
-    print(f"open it: python run.py ui --tracking-uri {outcome.tracking_uri}  →  "
+    print(f"open it: python run.py ui --tracking-uri {shlex.quote(outcome.tracking_uri)}  →  "
           f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}")
     return 1 if any(r.status == "error" for r in outcome.rows) else 0
 
@@ -97,7 +99,8 @@ def data_check(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"{p.path}: {p.kind}: {p.detail}")
     if problems:
-        print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
+        print(f"error: {len(problems)} problem(s) in {args.root}, listed above. Fix: repair or remove those "
+              f"files (a run skips, counts and lists the unreadable ones).", file=sys.stderr)
         return 2
     print(f"no problems found in {args.root}")
     return 0
@@ -133,6 +136,8 @@ def report(args: argparse.Namespace) -> int:
     from orchestrator.tracking.report import write_report
     from orchestrator.tracking.client import resolve_tracking_uri
 
+    for name in args.experiment:   # they name the default output folder too
+        check_name(name, "--experiment")
     out = Path(args.out) if args.out else Path("reports") / "+".join(args.experiment)
     summary = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out,
                            baseline=args.baseline, score=args.score)

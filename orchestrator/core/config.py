@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, get_args
 
 from orchestrator.core.errors import ConfigError
+from orchestrator.core.names import resource_problem, text_problem
 
 # Allowed values, declared once: the config validates against them, the CLI help lists them, and the code
 # that dispatches on them (losses, students, teachers, datasets) imports them from here.
@@ -192,6 +193,10 @@ class ResourcesConfig:
         _require(self.teacher_actors >= 1, "resources.teacher_actors", "must be >= 1", "use 1 or more")
         _require(self.cpus_per_teacher >= 0, "resources.cpus_per_teacher", "is negative", "use 0 or more")
         _require(self.gpus_per_teacher >= 0, "resources.gpus_per_teacher", "is negative", "use 0 or more")
+        for key in ("trial_resource", "worker_resource"):   # a Ray name: refused here, not by Ray mid-sweep
+            problem = resource_problem(getattr(self, key))
+            _require(problem is None, f"resources.{key}", f"{getattr(self, key)!r} {problem}",
+                     "use the name a node's `ray start --resources` declares, e.g. on_demand")
 
 
 @dataclass
@@ -259,6 +264,10 @@ def coerce_value(key: str, value: Any, source: str) -> Any:
     if not ok(value):
         raise ConfigError(f"{source}: config key '{key}' expects {want.__name__}, got {value!r} "
                           f"({type(value).__name__}). Fix: give a {want.__name__} value.")
+    if want is str:   # a text value becomes a path, a Ray name or an MLflow param: no control characters
+        problem = text_problem(str(value))
+        if problem:
+            raise ConfigError(f"{source}: config key '{key}' {problem}. Fix: give a plain one-line value.")
     return want(value)
 
 

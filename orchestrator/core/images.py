@@ -1,13 +1,42 @@
 """Reading one image or one mask from disk, the same way in every layer.
 
-A file that cannot be read raises SampleError naming the path; callers skip the sample and count it.
+A file that cannot be read raises SampleError naming the path; callers skip the sample and count it. That
+covers empty and truncated files, undecodable modes, symlink loops, and decompression bombs: a header that
+claims more pixels than PIL's limit (Image.MAX_IMAGE_PIXELS) is refused before anything is decoded (PIL
+itself only warns up to twice the limit).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+def _open_checked(path: str | Path) -> Image.Image:
+    with warnings.catch_warnings():   # PIL's bomb warning: refused just below, with the path
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.size[0] * im.size[1] > limit:
+        im.close()
+        raise SampleError(path, f"{im.size[0]}x{im.size[1]} pixels is over PIL's limit of {limit} "
+                                f"(a decompression bomb, or an image far too large to train on)")
+    return im
+
+
+def check_classes(mask: np.ndarray, num_classes: int, path: str | Path) -> np.ndarray:
+    """`mask` when every value is a class id below `num_classes` or IGNORE, else a SampleError (a loss would
+    index out of range on it)."""
+    from orchestrator.core.masks import IGNORE
+
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE)]
+    if bad.size:
+        raise SampleError(path, f"mask has class values {bad[:5].tolist()} outside 0..{num_classes - 1} "
+                                f"(and not {IGNORE}, ignore)")
+    return mask
 
 
 class SampleError(Exception):
@@ -21,7 +50,7 @@ class SampleError(Exception):
 def load_image(path: str | Path) -> np.ndarray:
     """Decode to uint8 HxWx3 RGB. EXIF orientation is NOT applied: masks are stored in raw pixel order (COCO, VOC)."""
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.load()  # decode now, so truncation surfaces here and not later inside a worker
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
@@ -33,7 +62,7 @@ def load_image(path: str | Path) -> np.ndarray:
 def load_mask(path: str | Path) -> np.ndarray:
     """Decode an index ('L') or palette ('P') PNG to its uint8 HxW label indices (never the palette colours)."""
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.load()
             if im.mode in ("P", "L"):
                 return np.asarray(im, dtype=np.uint8).copy()

@@ -56,7 +56,7 @@ def _check_pair(image: Path, mask: Path | None, num_classes: int) -> list[Proble
     try:
         img = load_image(image)
     except SampleError as e:
-        kind = "missing" if not image.exists() else "unreadable"
+        kind = "missing" if not image.exists() and not image.is_symlink() else "unreadable"
         problems.append(Problem(str(image), kind, e.reason))
         img = None
     if mask is None:
@@ -64,7 +64,8 @@ def _check_pair(image: Path, mask: Path | None, num_classes: int) -> list[Proble
     try:
         lab = load_mask(mask)
     except SampleError as e:
-        return problems + [Problem(str(mask), "missing" if not mask.exists() else "unreadable", e.reason)]
+        kind = "missing" if not mask.exists() and not mask.is_symlink() else "unreadable"
+        return problems + [Problem(str(mask), kind, e.reason)]
     if img is not None and img.shape[:2] != lab.shape:
         problems.append(Problem(str(mask), "size_mismatch",
                                 f"mask is {lab.shape[1]}x{lab.shape[0]} but image {image.name} is "

@@ -16,6 +16,7 @@ from PIL import Image
 
 from orchestrator.core.errors import UserError
 from orchestrator.core.masks import voc_palette
+from orchestrator.core.paths import inside
 from orchestrator.core.vocab import Vocabulary
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -94,6 +95,7 @@ class SegDataset:
             raise DatasetError(f"dataset root {root} does not exist; {SYNTH_HINT}")
         sdir = Path(splits_dir).expanduser().resolve() if splits_dir is not None else root / "splits"
         split = str(split)
+        inside(sdir, split)   # data.split names a folder of splits_dir; '../x' must not read elsewhere
         files = {"labeled": sdir / split / "labeled.txt", "unlabeled": sdir / split / "unlabeled.txt",
                  "val": sdir / "val.txt"}
         for name, f in files.items():
@@ -129,7 +131,9 @@ def list_ood_corpus(root_or_list_file: str | Path) -> list[tuple[str, str | None
     if not p.is_dir():
         raise DatasetError(f"OOD corpus {p} does not exist; set ood.corpus to a folder of images or a list file, "
                            f"or {SYNTH_HINT}")
-    images = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    # a symlink that leads nowhere (dangling, a loop) is kept: decoding rejects it, so it is counted and listed
+    images = sorted(str(f) for f in p.iterdir()
+                    if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise DatasetError(f"OOD corpus folder {p} has no list.txt and no {'/'.join(IMAGE_EXTENSIONS)} images in it")
     return [(img, None) for img in images]

@@ -74,11 +74,15 @@ def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
 
 def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print) -> LabelingOutcome:
     """Fit the teacher if needed, then label the corpus unless its key is cached. Needs ray.init()."""
+    from orchestrator.core.label_format import shard_problems
     from orchestrator.labels.pipeline import run_labeling
 
     ensure_fitted_teacher(cfg, cache_root, dataset_root(cfg, cache_root), log)
     job = label_job(cfg, cache_root)
-    if not job.store.is_complete():
+    damage = shard_problems(job.store.root) if job.store.is_complete() else []
+    if damage:
+        log(f"the label entry {job.store.root} is damaged ({damage[0]}): labeling it again")
+    if not job.store.is_complete() or damage:
         log(f"labeling {len(job.items)} OOD images with {cfg.teacher.kind} on "
             f"{job.actors} actor(s) → {job.store.root}")
     return run_labeling(job)

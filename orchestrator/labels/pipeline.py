@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.core.label_format import shard_checksums, shard_problems
 from orchestrator.core.masks import encode_png
 from orchestrator.labels.store import LabelStore
 from orchestrator.labels.diagnostics import GT_MAX_IMAGES, OVERLAY_IMAGES
@@ -138,7 +139,7 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
     start = time.time()
     store = job.store
     with store.lock():
-        if store.is_complete():
+        if store.is_complete() and not shard_problems(store.root):   # a damaged entry is relabeled
             m = store.manifest()
             return LabelingOutcome(store.key, str(store.root), m["images"], m["labeled"], m["rejected"],
                                    True, time.time() - start)
@@ -148,6 +149,7 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
             _write_shards(job, tmp / "shards")
             pipeline_seconds = time.time() - start
             manifest = _manifest(job, tmp / "shards", pipeline_seconds)
+            manifest["shards"] = shard_checksums(tmp)   # a reader finds a shard truncated or changed later
             _check_broken_share(job, manifest)  # before committing: a bad corpus must not become a cache hit
             began = time.time()
             manifest["diagnostics"] = _write_diagnostics(job, tmp, manifest)
@@ -167,7 +169,7 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
 def _remove_leftovers(store: LabelStore) -> None:
     for old in store.root.parent.glob(f"{TMP_PREFIX}{store.key}.tmp-*"):
         shutil.rmtree(old, ignore_errors=True)
-    if store.root.exists():  # an entry without a manifest never completed
+    if store.root.exists():  # an entry without a manifest never completed; one with damaged shards is rebuilt
         shutil.rmtree(store.root, ignore_errors=True)
 
 

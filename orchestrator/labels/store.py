@@ -3,7 +3,8 @@
 Layout of one entry, `<cache>/labels/<key>/`:
     shards/*.parquet   columns image_id, label (PNG bytes), confidence (PNG bytes, uint8 = round(255·p)),
                        error (non-empty for a skipped, broken image), class_pixels, conf_hist
-    manifest.json      the key's inputs, counts, rejected images, diagnostics (written last)
+    manifest.json      the key's inputs, counts, rejected images, diagnostics, the size and sha256 of every
+                       shard (written last; readers check the shards against it)
 
 The key digests everything that changes the teacher's output (teacher kind, weights, vocabulary, templates,
 resolution, labeling code version, the corpus' files) and nothing that doesn't: confidence thresholds are
@@ -32,8 +33,11 @@ def corpus_fingerprint(paths: list[str]) -> str:
     """Digest of the corpus' files by path, size and mtime (cheap, and changes when a file does)."""
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError as err:   # missing, dangling or looping: labeling rejects and lists it
+            h.update(f"{p}\0unreadable {err.errno}\n".encode())
     return h.hexdigest()[:20]
 
 

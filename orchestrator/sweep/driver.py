@@ -17,6 +17,7 @@ from orchestrator.core.config import config_from_flat
 from orchestrator.core.console import Console
 from orchestrator.core.errors import UserError
 from orchestrator.core import storage as store
+from orchestrator.core.names import check_name
 from orchestrator.core.paths import default_cache_root, default_storage_root, files_root, resolve_root
 from orchestrator.sweep.space import SearchSpace, load_space, resolve_base, to_param_space
 from orchestrator.labels.job import LabelRequest
@@ -111,7 +112,7 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     started = time.time()
     console = Console(req.quiet)
     space = load_space(req.space)
-    name = req.name or space.name
+    name = space.name if req.name is None else check_name(req.name, "--name")
     if req.max_concurrent is not None:
         if req.max_concurrent < 1:
             raise UserError("--max-concurrent must be >= 1. Fix: pass a positive number.")

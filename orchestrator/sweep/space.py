@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from orchestrator.core.config import CONFIG_KEYS, build_config, coerce_value, flatten
+from orchestrator.core.names import name_problem, shown
 from orchestrator.core.errors import ConfigError, SpaceError
 
 DISCRETE = ("grid", "choice")
@@ -102,8 +103,9 @@ def parse_space(doc: Any, source: str, default_name: str = "sweep") -> SearchSpa
             fail(str(key), "unknown key", "use only " + ", ".join(TOP_KEYS))
 
     name = str(doc.get("name") or default_name)
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        fail("name", f"'{name}' has characters other than letters, digits, - _ .", "rename the sweep")
+    problem = name_problem(name)   # the sweep's folder, Tune experiment and MLflow experiment
+    if problem:
+        fail("name", f"{shown(name)} {problem}", "rename the sweep (letters, digits, spaces, - _ . ')")
     metric = doc.get("metric", "val_miou")
     if not isinstance(metric, str) or not metric:
         fail("metric", f"{metric!r} is not a metric name", "use e.g. val_miou")

@@ -1,17 +1,21 @@
 """Which teacher weights a run uses, and fitting the benchmark's textseg teacher when they are missing.
 
 The fitted teacher is cached under `<cache>/teachers/`, keyed by its fit settings and source corpus. The fit
-runs as a Ray task when Ray is up (so a cluster can give it a GPU), else in this process.
+runs as a Ray task when Ray is up (so a cluster can give it a GPU), else in this process. Beside each fitted
+file, `<name>.pt.sha256.json` records its size and sha256: a file truncated or changed later is fitted again
+before anything uses it (its digest is part of the label cache key, so damaged weights would label silently).
 """
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from orchestrator.core.config import ExperimentConfig
-from orchestrator.core.digest import digest_json
+from orchestrator.core.digest import checksum_problem, digest_json, file_checksum
 from orchestrator.core.errors import UserError
 from orchestrator.core.paths import inside
 from orchestrator.teachers.spec import TeacherSpec
@@ -39,6 +43,9 @@ def teacher_spec(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> Te
         pretrained = str(fitted_textseg_path(cfg, cache_root, data_root))
     elif Path(pretrained).expanduser().is_file():
         pretrained = str(Path(pretrained).expanduser().resolve())
+        if t.kind == "textseg" and not zipfile.is_zipfile(pretrained):   # torch.save writes a zip archive
+            raise UserError(f"teacher.pretrained: '{pretrained}' is not a complete torch checkpoint (truncated, "
+                            f"or another format). Fix: copy it again, or write one with `python run.py teacher fit`.")
     elif t.kind == "textseg":  # maskclip may name an open_clip tag instead of a file
         raise UserError(f"teacher.pretrained: file '{pretrained}' does not exist. "
                         f"Fix: give the path of a checkpoint written by `python run.py teacher fit`.")
@@ -54,12 +61,41 @@ def ensure_fitted_teacher(cfg: ExperimentConfig, cache_root: Path, data_root: Pa
         return None
     path = fitted_textseg_path(cfg, cache_root, data_root)
     if path.is_file():
-        return path
+        problem = teacher_file_problem(path)
+        if problem is None:
+            if not checksum_file(path).is_file():   # fitted before checksums were recorded: adopt it
+                record_checksum(path)
+            return path
+        log(f"the fitted teacher {path} is damaged ({problem}): fitting it again")
     log(f"fitting the textseg teacher on {data_root / 'source'} ({cfg.teacher.fit_steps} steps) → {path}")
     fit_benchmark_teacher(data_root, path, steps=cfg.teacher.fit_steps, templates=cfg.teacher.templates,
                           seed=cfg.data.seed, cpus=cfg.resources.cpus_per_teacher,
                           gpus=cfg.resources.gpus_per_teacher)
     return path
+
+
+def checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def record_checksum(path: Path) -> None:
+    """Write the checksum beside the fitted file, atomically (a reader sees the old one or the whole new one)."""
+    side = checksum_file(path)
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(file_checksum(path)))
+    os.replace(tmp, side)
+
+
+def teacher_file_problem(path: Path) -> str | None:
+    """Why the fitted teacher at `path` cannot be reused (None = intact)."""
+    side = checksum_file(path)
+    if side.is_file():
+        try:
+            return checksum_problem(path, json.loads(side.read_text()))
+        except (ValueError, KeyError, TypeError):
+            return f"its checksum file {side} cannot be read"
+    # no checksum yet (fitted by an older version): torch.save writes a zip archive, a truncated one is not
+    return None if zipfile.is_zipfile(path) else f"{path} is not a complete checkpoint (truncated?)"
 
 
 def load_source_corpus(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +120,7 @@ def _fit_and_save(data_root: str, out_path: str, steps: int, templates: str, see
     ckpt = fit_textseg(images, masks, vocab, steps=steps, seed=seed, templates=templates)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(ckpt, out_path)
+    record_checksum(Path(out_path))
     return out_path
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,9 @@ def _load(path: str) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"textseg checkpoint '{path}' does not exist (teacher.pretrained); "
                                 "fit one with `run.py teacher fit`") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise ValueError(f"textseg checkpoint '{path}' cannot be read ({err}): truncated or not a checkpoint; "
+                         "fit it again with `run.py teacher fit`") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"'{path}' is not a textseg checkpoint (format {got!r}, expected {CHECKPOINT_FORMAT!r}); "
