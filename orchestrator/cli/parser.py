@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--out", help="output folder (default reports/<experiment>[+<experiment>...])")
 
+    p = sub.add_parser("sync", help="write what a sweep's Tune storage holds and MLflow lacks (after an outage)")
+    p.add_argument("--name", required=True, help="the sweep's name (its folder in the storage)")
+    p.add_argument("--storage", help="Ray Tune storage folder the sweep ran with (default .semiovs/ray_results)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--quiet", action="store_true", help="less output")
+
     p = sub.add_parser("ui", help="start the MLflow UI on the results (bound to 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
