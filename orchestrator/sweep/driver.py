@@ -149,8 +149,21 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
                                          int(base["train.epochs"]))
     seconds = time.time() - started
     line = tracking.finish(lambda: write_summary(uri, parent, rows, space, seconds), console.say)
+    _refuse_full_disk(grid, sweep_dir, line)
     return SweepOutcome(name, tracking.experiment_id, parent, rows,
                         results.format_text(rows, space.swept_keys, space.metric), seconds, uri, line)
+
+
+def _refuse_full_disk(grid, sweep_dir: Path, unlogged: str | None) -> None:
+    """Trials that failed because the storage filled up: one error line instead of a table of errors.
+    Ray registers a checkpoint only once it is copied whole, so --resume continues from the last good one."""
+    from orchestrator.core.atomic import is_no_space, no_space_error
+
+    if any(is_no_space(err) for err in grid.errors):
+        if unlogged:
+            print(unlogged, file=sys.stderr, flush=True)
+        raise no_space_error(sweep_dir, "the trials wrote their checkpoints and results",
+                             "run the same command with --resume")
 
 
 def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]], cache: Path, say

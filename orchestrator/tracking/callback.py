@@ -24,6 +24,11 @@ def register(key: str, ledger: SweepLedger, writer: TrackingWriter) -> None:
     _ACTIVE[key] = (ledger, writer)
 
 
+def active(key: str) -> tuple[SweepLedger, TrackingWriter]:
+    """A function, not the dict, is what the pickled callback refers to (it is pickled by reference)."""
+    return _ACTIVE[key]
+
+
 def make_trial_callback(key: str, progress: Callable[[str, dict, dict], None] | None = None):
     """A ray.tune.Callback (built lazily: importing this module does not import Ray)."""
     from ray.tune import Callback
@@ -35,7 +40,7 @@ def make_trial_callback(key: str, progress: Callable[[str, dict, dict], None] | 
             self.key, self.progress = key, progress
 
         def _queue(self, label: str, write) -> None:
-            ledger, writer = _ACTIVE[self.key]
+            ledger, writer = active(self.key)
             writer.submit(label, lambda attempt: write(ledger, attempt))
 
         def on_trial_start(self, iteration, trials, trial, **info):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.tracking import client as mlflow_runs
+from orchestrator.core import atomic
 from orchestrator.core.errors import UserError
 from orchestrator.core.tables import csv_text, markdown_table
 
@@ -183,8 +184,11 @@ def _series(groups: list[Group], keys: list[str], x_key: str) -> dict[str, list[
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -243,12 +247,17 @@ def write_report(uri: str, experiments: list[str] | str, out_dir: Path) -> dict[
         trials += found
     keys = grouping_keys(trials)
     groups = group_rows(trials, keys)
-    out_dir.mkdir(parents=True, exist_ok=True)
     title = " + ".join(names)
-    files = [out_dir / "report.md", out_dir / "report.csv"]
-    files[0].write_text(report_markdown(title, groups, keys))
-    files[1].write_text(format_csv(groups, keys))
-    files += plot_files(groups, keys, out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = [out_dir / "report.md", out_dir / "report.csv"]
+        atomic.write_text(files[0], report_markdown(title, groups, keys))
+        atomic.write_text(files[1], format_csv(groups, keys))
+        files += plot_files(groups, keys, out_dir)
+    except OSError as err:
+        if atomic.is_no_space(err):   # each file is whole or absent: the same command rewrites them all
+            raise atomic.no_space_error(out_dir, "writing the report") from None
+        raise
     for parent in parents:
         mlflow_runs.log_files(uri, parent, files, "report")
     return {"experiment": title, "trials": len(trials), "groups": len(groups), "keys": keys,
