@@ -4,6 +4,7 @@ storage plus the one line that says what is still missing and how to write it.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Callable
 from orchestrator.core.errors import UserError
 from orchestrator.tracking import client as mlflow_runs
 from orchestrator.tracking import retry
+from orchestrator.tracking.callback import register
 from orchestrator.tracking.reconcile import SweepLedger, sync_command, unlogged, unlogged_line
 from orchestrator.tracking.writer import TrackingWriter
 
@@ -57,12 +59,11 @@ class SweepTracking:
     def start(self, resume: bool) -> None:
         """The experiment and parent run (reused on --resume), before any trial starts."""
         self.experiment_id = call_with_retry(lambda: mlflow_runs.ensure_experiment(self.uri, self.name), self.uri)
+        tries = itertools.count()   # a retry looks for the run a failed try may have made before making one
         self.parent_run_id = call_with_retry(lambda: mlflow_runs.start_parent_run(
-            self.uri, self.experiment_id, self.name, self.base, resume=resume), self.uri)
+            self.uri, self.experiment_id, self.name, self.base, resume=resume or next(tries) > 0), self.uri)
         self.ledger = SweepLedger(self.uri, self.experiment_id, self.parent_run_id, self.name, self.base,
                                   self.sweep_dir)
-        from orchestrator.tracking.callback import register
-
         register(str(self.sweep_dir), self.ledger, self.writer)
 
     def submit(self, label: str, fn: Callable[[], Any]) -> None:
