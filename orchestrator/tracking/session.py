@@ -91,8 +91,8 @@ class SweepTracking:
         self.submit(SUMMARY, write_summary)
         if not self.writer.flush(5.0):
             grace = grace_seconds()
-            say(f"MLflow at {self.uri} is not answering ({self.writer.last_error or 'busy'}): "
-                f"retrying for up to {grace:.0f} s")
+            why = f"not answering ({self.writer.last_error})" if self.writer.failing else "still writing"
+            say(f"MLflow at {self.uri} is {why}: {self.writer.pending()} write(s) queued; waiting up to {grace:.0f} s")
             left = self.writer.close(grace)
         else:
             left = self.writer.close(0.0)

@@ -35,6 +35,7 @@ class TrackingWriter:
         self._current: Op | None = None
         self.dropped: list[tuple[str, str]] = []   # (label, error) of ops that failed for good
         self.last_error = ""                       # the newest transient failure, for the final message
+        self.failing = False                       # the current write is failing (vs. only a long queue)
         self.retries = 0
         self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
         self._thread.start()
@@ -55,6 +56,10 @@ class TrackingWriter:
                     return False
                 self._cond.wait(left)
         return True
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + int(self._busy)
 
     def close(self, grace_s: float) -> list[str]:
         """Let the queue drain for up to `grace_s`, then stop retrying. Returns the labels of the writes
@@ -87,13 +92,14 @@ class TrackingWriter:
         while True:
             try:
                 op.run(attempt)
+                self.failing = False
                 return
             except Exception as exc:   # noqa: BLE001 - a write must never take the sweep down
                 if not retry.is_transient(exc):
                     log.warning("MLflow write dropped (%s): %s", op.label, exc)
                     self.dropped.append((op.label, _short(exc)))
                     return
-                self.last_error = _short(exc)
+                self.last_error, self.failing = _short(exc), True
             attempt += 1
             self.retries += 1
             with self._cond:   # wait, but wake up at once when close() gives up
