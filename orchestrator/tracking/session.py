@@ -79,6 +79,22 @@ class SweepTracking:
             self.writer.submit(f"trial {trial.trial_id}", lambda attempt, t=trial: self.ledger.sync(t, attempt))
         return trials
 
+    def _drain(self, say: Callable[[str], None]) -> list[str]:
+        """Wait while the writes go through, however long the queue; give up once MLflow has failed for
+        the grace period (counted from now: a server down for an hour still gets it). Returns what is left."""
+        began, grace, told = time.monotonic(), grace_seconds(), False
+        while not self.writer.flush(1.0):
+            since = self.writer.failing_since
+            if since is None:
+                continue
+            if not told:
+                say(f"MLflow at {self.uri} is not answering ({self.writer.last_error}): "
+                    f"{self.writer.pending()} write(s) queued; retrying for up to {grace:.0f} s")
+                told = True
+            if time.monotonic() - max(since, began) > grace:
+                break
+        return self.writer.close(0.0)
+
     def callback(self, progress=None):
         from orchestrator.tracking.callback import make_trial_callback
 
@@ -89,13 +105,7 @@ class SweepTracking:
         period, and return the one line about what is still missing (None when nothing is)."""
         trials = self.last_trials = self.reconcile()
         self.submit(SUMMARY, write_summary)
-        if not self.writer.flush(5.0):
-            grace = grace_seconds()
-            why = f"not answering ({self.writer.last_error})" if self.writer.failing else "still writing"
-            say(f"MLflow at {self.uri} is {why}: {self.writer.pending()} write(s) queued; waiting up to {grace:.0f} s")
-            left = self.writer.close(grace)
-        else:
-            left = self.writer.close(0.0)
+        left = self._drain(say)
         gaps = unlogged(trials, self.ledger.confirmed())
         other = [SUMMARY] if SUMMARY in left else []
         return unlogged_line(gaps, other, self.uri, self.writer.last_error if left else "",

@@ -35,7 +35,7 @@ class TrackingWriter:
         self._current: Op | None = None
         self.dropped: list[tuple[str, str]] = []   # (label, error) of ops that failed for good
         self.last_error = ""                       # the newest transient failure, for the final message
-        self.failing = False                       # the current write is failing (vs. only a long queue)
+        self.failing_since: float | None = None    # monotonic time the current run of failures began
         self.retries = 0
         self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
         self._thread.start()
@@ -92,14 +92,16 @@ class TrackingWriter:
         while True:
             try:
                 op.run(attempt)
-                self.failing = False
+                self.failing_since = None
                 return
             except Exception as exc:   # noqa: BLE001 - a write must never take the sweep down
                 if not retry.is_transient(exc):
                     log.warning("MLflow write dropped (%s): %s", op.label, exc)
                     self.dropped.append((op.label, _short(exc)))
                     return
-                self.last_error, self.failing = _short(exc), True
+                self.last_error = _short(exc)
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
             attempt += 1
             self.retries += 1
             with self._cond:   # wait, but wake up at once when close() gives up
