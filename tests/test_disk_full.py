@@ -59,6 +59,7 @@ def test_no_space_is_recognised_through_wrappers():
     assert not atomic.is_no_space(OSError(13, "Permission denied"))
 
 
+@pytest.mark.e2e
 def test_full_disk_while_labeling_keeps_no_entry_and_the_rerun_completes(ray_session, shared_cache, small_disk):
     from orchestrator.core.config import build_config
     from orchestrator.labels.job import ensure_labels, label_job
