@@ -177,17 +177,24 @@ def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_ur
 
     from orchestrator.core.paths import run_files_dir, train_run_name
     from orchestrator.tracking import client as tracking
-    from orchestrator.tracking.callback import make_trial_callback
+    from orchestrator.tracking.callback import make_trial_callback, register
+    from orchestrator.tracking.reconcile import SweepLedger
+    from orchestrator.tracking.writer import TrackingWriter
+
+    def callback_of_a_new_driver(progress=None):
+        writer = TrackingWriter()   # the callback only queues; this thread writes
+        register("sweep_pictures", SweepLedger(sqlite_uri, exp, parent, "sweep_pictures", {}, tmp_path), writer)
+        return make_trial_callback("sweep_pictures", progress), writer
 
     exp = tracking.ensure_experiment(sqlite_uri, "sweep_pictures")
     parent = tracking.start_parent_run(sqlite_uri, exp, "sweep_pictures", {}, resume=False)
     trial = SimpleNamespace(trial_id="t0001", config={"ood.ratio": 0.5})
     files = run_files_dir(tmp_path, train_run_name("t0001"))
     printed = []
-    callback = make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {}, tmp_path,
-                                   progress=lambda tid, cfg, result: printed.append(dict(result)))
+    callback, writer = callback_of_a_new_driver(lambda tid, cfg, result: printed.append(dict(result)))
     for epoch in (1, 2):
         callback.on_trial_result(0, [], trial, report_for(epoch, files))
+    assert writer.flush(30)
     assert [r["epoch"] for r in printed] == [1, 2]
 
     client = tracking.client(sqlite_uri)
@@ -198,9 +205,10 @@ def test_sweep_callback_logs_pictures_once_also_after_a_driver_restart(sqlite_ur
 
     before = matrix_2()
     ea.write_epoch_pictures(files, 2, [[1, 1], [1, 1]], ["changed", "names"], [])   # a re-run epoch 2 redraws
-    restarted = make_trial_callback(sqlite_uri, exp, parent, "sweep_pictures", {}, tmp_path)
+    restarted, writer = callback_of_a_new_driver()
     restarted.on_trial_result(0, [], trial, {"epoch": 2, "val_miou": 20.0})
     restarted.on_trial_result(0, [], trial, report_for(3, files))
+    assert writer.flush(30)
     assert matrix_2() == before                           # epoch 2 was in MLflow already: not logged again
     assert eval_files(client, run_id) == [f"eval/{kind}_epoch_00{e}.png" for kind in ("confusion_matrix", "overlays")
                                           for e in (1, 2, 3)]

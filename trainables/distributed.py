@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -75,7 +76,7 @@ class WorkerContext:
                 from ray.train import Checkpoint
 
                 folder = tempfile.mkdtemp(prefix="semiovs-local-ckpt-")
-                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+                save_checkpoint(state, folder)
                 checkpoint = Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)
             return
@@ -84,7 +85,7 @@ class WorkerContext:
             if state is not None and self.is_main:
                 from ray.train import Checkpoint
 
-                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+                save_checkpoint(state, folder)
                 checkpoint = Checkpoint.from_directory(folder)
             if self.mode == "tune-local":
                 import ray.tune
@@ -94,6 +95,21 @@ class WorkerContext:
                 import ray.train
 
                 ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def save_checkpoint(state: dict[str, Any], folder: str) -> None:
+    """The checkpoint file whole or not at all (a full disk must not leave a torn one to upload). Ray then
+    copies the folder to storage and registers the checkpoint only once the copy has succeeded, so a
+    resume never picks a half-copied one: it resumes from the one before."""
+    from orchestrator.core.atomic import replacing
+
+    try:
+        with replacing(Path(folder) / CHECKPOINT_FILE) as tmp, open(tmp, "wb") as handle:
+            torch.save(state, handle)   # through a Python file, so a failed write is an OSError...
+    except RuntimeError as err:
+        if isinstance(err.__context__, OSError):   # ...which torch's zip writer hides behind its own error
+            raise err.__context__ from None
+        raise
 
 
 def make_context(mode: str, gpus_per_worker: float, on_report=None) -> WorkerContext:

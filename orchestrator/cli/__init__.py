@@ -22,6 +22,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; resume a sweep with --resume", file=sys.stderr)
         return 130
+    except Exception as err:   # a full disk wherever it happens: one line naming the folder, not a traceback
+        from orchestrator.core.atomic import folder_of, is_no_space, no_space_error
+
+        if not is_no_space(err):
+            raise
+        folder = folder_of(err) or "the folder being written"
+        print(f"error: {no_space_error(folder, 'writing', 'run the same command again (a sweep: with --resume)')}",
+              file=sys.stderr)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -29,6 +38,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     handler = {
         "sweep": commands.sweep, "train": commands.train, "report": commands.report, "label": commands.label, "ui": commands.ui,
+        "sync": commands.sync,
         ("data", "synth"): commands.data_synth, ("data", "check"): commands.data_check,
         ("teacher", "fit"): commands.teacher_fit, ("teacher", "eval"): commands.teacher_eval,
     }

@@ -39,6 +39,8 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"\nMLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}")
     print(f"open it: python run.py ui --tracking-uri {shlex.quote(outcome.tracking_uri)}  →  "
           f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}")
+    if outcome.unlogged:
+        print(outcome.unlogged, file=sys.stderr, flush=True)
     return 1 if any(r.status == "error" for r in outcome.rows) else 0
 
 
@@ -143,6 +145,15 @@ def report(args: argparse.Namespace) -> int:
                            baseline=args.baseline, score=args.score)
     print(summary.pop("table"))
     print_json(summary)
+    return 0
+
+
+def sync(args: argparse.Namespace) -> int:
+    from orchestrator.sweep.sync import sync_sweep
+
+    outcome = sync_sweep(args.name, args.storage, args.tracking_uri, Console(args.quiet).say, args.cache)
+    print(f"sweep '{args.name}': {outcome.trials} trial(s), {outcome.epochs} epoch(s) in Tune's storage; "
+          f"wrote {outcome.written} epoch(s) MLflow lacked (experiment id {outcome.experiment_id})")
     return 0
 
 

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the number compared: best (best epoch, the default; optimistic), final (last epoch) "
                         "or lastK (mean of the last K epochs, e.g. last3); the tables say which")
 
+    p = sub.add_parser("sync", help="write what a sweep's Tune storage holds and MLflow lacks (after an outage)")
+    p.add_argument("--name", required=True, help="the sweep's name (its folder in the storage)")
+    p.add_argument("--storage", help="Ray Tune storage folder or URI the sweep ran with (default .semiovs/ray_results)")
+    p.add_argument("--cache", help="the sweep's cache folder (its pictures are there when --storage is a bucket)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--quiet", action="store_true", help="less output")
+
     p = sub.add_parser("ui", help="start the MLflow UI on the results (bound to 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")

@@ -7,6 +7,7 @@ that looks complete, and a concurrent request for the same key waits on a lock a
 """
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.core.atomic import is_no_space, no_space_error
 from orchestrator.core.label_format import shard_checksums, shard_problems
 from orchestrator.core.masks import encode_png
 from orchestrator.labels.store import LabelStore
@@ -145,25 +147,40 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
                                    True, time.time() - start)
         _remove_leftovers(store)  # we hold the key's lock: any temp folder of this key is a dead run's
         tmp = store.root.parent / f"{TMP_PREFIX}{store.key}.tmp-{uuid.uuid4().hex[:8]}"
+        full = False
         try:
-            _write_shards(job, tmp / "shards")
-            pipeline_seconds = time.time() - start
-            manifest = _manifest(job, tmp / "shards", pipeline_seconds)
-            manifest["shards"] = shard_checksums(tmp)   # a reader finds a shard truncated or changed later
-            _check_broken_share(job, manifest)  # before committing: a bad corpus must not become a cache hit
-            began = time.time()
-            manifest["diagnostics"] = _write_diagnostics(job, tmp, manifest)
-            manifest["timing"] = {"pipeline_seconds": round(pipeline_seconds, 2),
-                                  "diagnostics_seconds": round(time.time() - began, 2)}
-            manifest["seconds"] = round(time.time() - start, 2)
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the entry complete
+            manifest = _label_into(job, tmp, start)
             if store.root.exists():  # a torn leftover without manifest: replace it
                 shutil.rmtree(store.root)
             tmp.rename(store.root)
+        except Exception as exc:
+            if not is_no_space(exc):
+                raise
+            full = True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if full:   # raised here, not in `except`: the failed run's frames (and its teacher actors) are let go
+        gc.collect()
+        raise no_space_error(store.root.parent, f"labeling {len(job.items)} OOD images",
+                             "run the same command again (finished keys are reused)")
     return LabelingOutcome(store.key, str(store.root), manifest["images"], manifest["labeled"],
                            manifest["rejected"], False, time.time() - start)
+
+
+def _label_into(job: LabelingJob, tmp: Path, start: float) -> dict[str, Any]:
+    """Shards, diagnostics and, last, the manifest, into the temp folder `tmp`."""
+    _write_shards(job, tmp / "shards")
+    pipeline_seconds = time.time() - start
+    manifest = _manifest(job, tmp / "shards", pipeline_seconds)
+    manifest["shards"] = shard_checksums(tmp)   # a reader finds a shard truncated or changed later
+    _check_broken_share(job, manifest)  # before committing: a bad corpus must not become a cache hit
+    began = time.time()
+    manifest["diagnostics"] = _write_diagnostics(job, tmp, manifest)
+    manifest["timing"] = {"pipeline_seconds": round(pipeline_seconds, 2),
+                          "diagnostics_seconds": round(time.time() - began, 2)}
+    manifest["seconds"] = round(time.time() - start, 2)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the entry complete
+    return manifest
 
 
 def _remove_leftovers(store: LabelStore) -> None:

@@ -24,7 +24,8 @@ from orchestrator.labels.job import LabelRequest
 from orchestrator.sweep import results
 from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, max_concurrent_trials
 from orchestrator.tracking import client as mlflow_runs
-from orchestrator.tracking.callback import make_trial_callback
+from orchestrator.tracking.session import SweepTracking
+from orchestrator.sweep.sync import write_summary
 
 STATE_FILE = "sweep.json"
 
@@ -52,6 +53,7 @@ class SweepOutcome:
     table: str
     seconds: float
     tracking_uri: str
+    unlogged: str | None = None   # the line saying what MLflow lacks and how to sync it (None: nothing)
 
 
 def prepare_state(req: SweepRequest, space: SearchSpace, storage: str, name: str) -> tuple[dict[str, Any], bool]:
@@ -92,9 +94,7 @@ class SweepRun:
     base: dict[str, Any]
     storage: str             # Tune's storage root (a folder or a URI); the sweep's folder is storage / name
     cache: Path
-    uri: str                 # MLflow tracking URI
-    experiment_id: str
-    parent_run_id: str
+    tracking: SweepTracking  # MLflow: parent run, background writer, reconcile
     label_stores: dict[LabelRequest, str]
     resume: bool
     quiet: bool
@@ -135,27 +135,37 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
         write_state(state, sweep_dir)
     label_stores, labeling = prepare_data_and_labels(base, to_label, cache, console.say)
 
-    experiment_id = mlflow_runs.ensure_experiment(uri, name)
-    parent = mlflow_runs.start_parent_run(uri, experiment_id, name, base, resume=req.resume)
-    _log_sweep_inputs(uri, parent, state, labeling)
+    tracking = SweepTracking(uri, name, storage, sweep_dir, base, files_root(storage, cache, name))
+    tracking.start(resume=req.resume)
+    parent = tracking.parent_run_id
+    tracking.submit("the sweep inputs", lambda: _log_sweep_inputs(uri, parent, state, labeling))
     teacher_runs = sum(not summary["reused"] for summary in labeling)
-    mlflow_runs.log_metrics(uri, parent, {"labeling.keys": len(labeling), "labeling.teacher_runs": teacher_runs})
     console.say(f"OOD labels: {len(labeling)} key(s) for {space.num_trials()} trial(s); the teacher ran for "
                 f"{teacher_runs}, {len(labeling) - teacher_runs} reused from the cache; trials never run it")
+    if req.resume:   # what MLflow missed before the interruption, from Tune's storage
+        tracking.reconcile()
 
-    run = SweepRun(name, space, base, storage, cache, uri, experiment_id, parent, label_stores, req.resume, req.quiet)
+    run = SweepRun(name, space, base, storage, cache, tracking, label_stores, req.resume, req.quiet)
     grid = _fit_tuner(run, console)
     rows = results.rows_from_result_grid(grid, space.swept_keys, space.metric, space.mode,
                                          int(base["train.epochs"]))
-    table = results.format_text(rows, space.swept_keys, space.metric)
-    mlflow_runs.log_text(uri, parent, results.format_markdown(rows, space.swept_keys, space.metric),
-                         "summary/results.md")
-    mlflow_runs.log_text(uri, parent, results.format_csv(rows, space.swept_keys, space.metric), "summary/results.csv")
     seconds = time.time() - started
-    mlflow_runs.log_metrics(uri, parent, {"sweep_seconds": seconds,
-                                          "cost.trial_seconds_total": sum(r.seconds for r in rows)})
-    mlflow_runs.finish_run(uri, parent, failed=any(r.status == "error" for r in rows))
-    return SweepOutcome(name, experiment_id, parent, rows, table, seconds, uri)
+    line = tracking.finish(lambda: write_summary(uri, parent, rows, space, seconds), console.say)
+    _refuse_full_disk(grid, sweep_dir, line)
+    return SweepOutcome(name, tracking.experiment_id, parent, rows,
+                        results.format_text(rows, space.swept_keys, space.metric), seconds, uri, line)
+
+
+def _refuse_full_disk(grid, sweep_dir: str, unlogged: str | None) -> None:
+    """Trials that failed because the storage filled up: one error line instead of a table of errors.
+    Ray registers a checkpoint only once it is copied whole, so --resume continues from the last good one."""
+    from orchestrator.core.atomic import is_no_space, no_space_error
+
+    if any(is_no_space(err) for err in grid.errors):
+        if unlogged:
+            print(unlogged, file=sys.stderr, flush=True)
+        raise no_space_error(sweep_dir, "the trials wrote their checkpoints and results",
+                             "run the same command with --resume")
 
 
 def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]], cache: Path, say
@@ -197,6 +207,8 @@ def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: li
         metrics.update({prefix + key: float(summary[key]) for key in ("images", "labeled", "rejected", "seconds")})
         metrics[prefix + "reused"] = float(summary["reused"])
         mlflow_runs.log_metrics(uri, parent, metrics)
+    teacher_runs = sum(not summary["reused"] for summary in labeling)
+    mlflow_runs.log_metrics(uri, parent, {"labeling.keys": len(labeling), "labeling.teacher_runs": teacher_runs})
 
 
 def _fit_tuner(run: SweepRun, console: Console):
@@ -220,8 +232,7 @@ def _fit_tuner(run: SweepRun, console: Console):
     # trial is not re-run on --resume (the default period adapts upwards from 10 s).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     concurrent = max_concurrent_trials(run.space, run.base, ray.cluster_resources().get("CPU", 1))
-    callback = make_trial_callback(run.uri, run.experiment_id, run.parent_run_id, run.name, run.base, run.files_root,
-                                   progress=None if run.quiet else _progress_line(run.space))
+    callback = run.tracking.callback(progress=None if run.quiet else _progress_line(run.space))
     tuner = tune.Tuner(
         trainable,
         param_space=to_param_space(run.space),

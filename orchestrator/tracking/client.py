@@ -20,6 +20,7 @@ ROLE_TRIAL = "trial"
 ROLE_RUN = "run"                 # `run.py train`: a single run, no sweep
 BROKEN_LIST = "broken_samples.txt"
 NODES_FILE = "nodes.json"
+EPOCH_MARKER = "val_miou"        # every epoch's report has it: its steps say which epochs a run holds
 # Keys Tune adds to every result; they are bookkeeping, not measurements.
 TUNE_AUTO_KEYS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
@@ -112,10 +113,15 @@ def start_parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict
     return run_id
 
 
-def reopen_run(uri: str, run_id: str) -> int:
-    """Mark a found run RUNNING again; returns the last epoch it holds (from val_miou's history)."""
+def reopen_run(uri: str, run_id: str) -> set[int]:
+    """Mark a found run RUNNING again; returns the epochs it holds (from the marker metric's history)."""
     client(uri).update_run(run_id, status="RUNNING")
-    return max((m.step for m in client(uri).get_metric_history(run_id, "val_miou")), default=0)
+    return logged_epochs(uri, run_id)
+
+
+def logged_epochs(uri: str, run_id: str) -> set[int]:
+    """The epochs a run holds: the steps of EPOCH_MARKER, which an epoch's one metrics batch carries."""
+    return {m.step for m in client(uri).get_metric_history(run_id, EPOCH_MARKER)}
 
 
 def finish_run(uri: str, run_id: str, failed: bool = False) -> None:
@@ -187,16 +193,20 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 class EpochLogger:
     """Logs one run's epochs once each: the pictures its rank-0 worker wrote into `files_dir`, then the
-    numbers. A resume reads the last epoch logged from val_miou, so an epoch whose metrics are in MLflow
-    also has its pictures; an epoch reported again after a worker restart is not logged twice."""
+    numbers in one batch. `logged` starts from what MLflow holds (see reopen_run); an epoch reported again
+    after a worker restart is not logged twice. A retry (`recheck`) first asks MLflow which epochs it
+    holds, since a call that failed on our side may have been written on the server's."""
 
-    def __init__(self, uri: str, run_id: str, files_dir: Path | None, last_epoch: int = 0):
-        self.uri, self.run_id, self.files_dir, self.last_epoch = uri, run_id, files_dir, last_epoch
+    def __init__(self, uri: str, run_id: str, files_dir: Path | None, logged: set[int] | None = None):
+        self.uri, self.run_id, self.files_dir = uri, run_id, files_dir
+        self.logged: set[int] = set(logged or ())
         self.nodes: dict[str, Any] = {}
 
-    def log(self, result: dict[str, Any]) -> bool:
+    def log(self, result: dict[str, Any], recheck: bool = False) -> bool:
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        if epoch <= self.last_epoch:
+        if recheck and epoch not in self.logged:
+            self.logged |= logged_epochs(self.uri, self.run_id)
+        if epoch in self.logged:
             return False
         if self.files_dir is not None:
             self._tag_nodes()
@@ -206,7 +216,7 @@ class EpochLogger:
             if result.get("broken_samples") and (self.files_dir / BROKEN_LIST).is_file():
                 log_files(self.uri, self.run_id, [self.files_dir / BROKEN_LIST], None)
         log_metrics(self.uri, self.run_id, measurements(result), epoch)
-        self.last_epoch = epoch
+        self.logged.add(epoch)
         return True
 
     def _tag_nodes(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.core import atomic
 from orchestrator.tracking import client as mlflow_runs
 from orchestrator.tracking import paired
 from orchestrator.tracking.report_plots import TEACHER_PRECISION, PlotContext, plot_files
@@ -281,13 +282,18 @@ def write_report(uri: str, experiments: list[str] | str, out_dir: Path, baseline
     keys = grouping_keys(trials)
     groups = group_rows(trials, keys, chosen)
     cmp = Comparison(chosen, wanted, paired_gains(groups, keys, wanted))
-    out_dir.mkdir(parents=True, exist_ok=True)
     title = " + ".join(names)
-    files = [out_dir / "report.md", out_dir / "report.csv"]
-    files[0].write_text(report_markdown(title, groups, keys, cmp))
-    files[1].write_text(format_csv(groups, keys, cmp))
-    files += plot_files(PlotContext(groups, keys, INERT, f"{chosen.short} val mIoU (%)", cmp.gains,
-                                    cmp.baseline_text), out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = [out_dir / "report.md", out_dir / "report.csv"]
+        atomic.write_text(files[0], report_markdown(title, groups, keys, cmp))
+        atomic.write_text(files[1], format_csv(groups, keys, cmp))
+        files += plot_files(PlotContext(groups, keys, INERT, f"{chosen.short} val mIoU (%)", cmp.gains,
+                                        cmp.baseline_text), out_dir)
+    except OSError as err:
+        if atomic.is_no_space(err):   # each file is whole or absent: the same command rewrites them all
+            raise atomic.no_space_error(out_dir, "writing the report") from None
+        raise
     metrics = gain_metrics(groups, keys, cmp)
     for parent in parents:
         mlflow_runs.log_files(uri, parent, files, "report")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from orchestrator.core import atomic
+
 TEACHER_PRECISION = "teacher_ood_precision"
 
 
@@ -108,8 +110,11 @@ def _series(ctx: PlotContext, x_key: str, point: Callable) -> dict[str, list[tup
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic.replacing(path) as tmp:   # a full disk leaves no torn picture
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
