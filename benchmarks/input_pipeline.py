@@ -7,7 +7,7 @@ expose the input path, as a GPU would:
   * a fixed device time per step, spent asleep in the optimizer step: while a GPU computes, the CPU thread
     that drives it waits, and leaves its core to the loader processes.
 The device time is given as multiples of P, the time one process takes to make one step's batch (measured
-first, in the same run). Waiting share = time the loop blocked on its next batch ÷ the steps' wall time.
+again before each device time: on a shared machine it moves). Waiting share = time the loop blocked on its next batch ÷ the steps' wall time.
 With `train.loader_workers: 0` the loop makes each batch itself, so it waits P every step; with one loader
 process it waits only when the device time is shorter than P.
 
@@ -116,13 +116,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     trial, labels = make_trial(resolve_root(args.cache, default_cache_root()), args.steps)
-    p = batch_seconds(trial, 20)
-    print(json.dumps({"figure": "batch_seconds_P", "value": round(p, 4), "ood_labels": labels,
-                      "crop": trial.config.data.crop_size, "batch_size": trial.config.train.batch_size}), flush=True)
+    print(json.dumps({"ood_labels": labels, "crop": trial.config.data.crop_size, "method": "semiovs",
+                      "batch_size": trial.config.train.batch_size, "steps": args.steps}), flush=True)
     for multiple in args.device_times:
+        p = batch_seconds(trial, 20)
         for workers in args.workers:
             out = waiting_share(trial, workers, multiple * p, args.steps)
-            print(json.dumps({"device_time_x_P": multiple, "loader_workers": workers,
+            print(json.dumps({"device_time_x_P": multiple, "P_ms": round(1000 * p, 1), "loader_workers": workers,
                               "wait_share": round(out["wait_share"], 3), "step_ms": round(out["step_ms"], 1)}),
                   flush=True)
 

@@ -16,7 +16,7 @@ counting every epoch reported in the same second as that one (a conservative tie
 
 Real trials on 2 shared cores are slow, so the scale is reduced and stated in the output: a small `shapes`
 benchmark, a short teacher fit, and short trials (--epochs × --steps). Defaults:
-    python benchmarks/search_efficiency.py --reference-trials 24 --searcher-trials 12 --epochs 4 --steps 10
+    python benchmarks/search_efficiency.py --reference-trials 16 --searcher-trials 10 --epochs 4 --steps 10
 Each sweep's per-epoch results are kept in OUT/results.json (default .semiovs/bench/search_efficiency).
 """
 from __future__ import annotations
@@ -92,8 +92,8 @@ def summarize(runs: dict[str, list[dict]]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference-trials", type=int, default=24)
-    parser.add_argument("--searcher-trials", type=int, default=12, help="trials given to tpe and tpe_asha")
+    parser.add_argument("--reference-trials", type=int, default=16)
+    parser.add_argument("--searcher-trials", type=int, default=10, help="trials given to tpe and tpe_asha")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="train.iters_per_epoch")
     parser.add_argument("--seed", type=int, default=0)
