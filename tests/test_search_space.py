@@ -164,7 +164,7 @@ def test_optuna_search_runs_under_asha_in_tune(ray_session, tmp_path):
     from orchestrator.core.config import build_config, flatten
     from orchestrator.sweep.driver import _tune_config
 
-    space = load_space(write(tmp_path, OPTUNA.replace("num_samples: 8", "num_samples: 4")))
+    space = load_space(write(tmp_path, OPTUNA.replace("num_samples: 8", "num_samples: 2")))
 
     def objective(config):
         for epoch in range(1, 4):   # a lower lr scores better; the seeded second draw is worse: ASHA stops it
@@ -175,5 +175,5 @@ def test_optuna_search_runs_under_asha_in_tune(ray_session, tmp_path):
                        run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), verbose=0))
     grid = tuner.fit()
     iterations = sorted(r.metrics["training_iteration"] for r in grid)
-    assert len(grid) == 4 and not grid.errors
+    assert len(grid) == 2 and not grid.errors
     assert iterations[0] < 3 and iterations[-1] == 3, iterations          # ASHA stopped some trials early
