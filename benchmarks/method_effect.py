@@ -154,7 +154,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     from trainables.models import build_student
     from trainables.optim import build_optimizer
     from trainables.streams import BrokenSamples, OODLabels, StreamFiles, StreamSampler
-    from trainables.train_loop import EpochRunner, evaluate, ood_counts, train_one_epoch, unlabeled_sizes
+    from trainables.train_loop import evaluate, runner_for, train_one_epoch, unlabeled_sizes
 
     torch.set_num_threads(job["threads"])
     cfg = build_config(job["config"])
@@ -167,7 +167,6 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                           pretrained_backbone=cfg.model.pretrained_backbone)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.lr_multi, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     table = job.get("table")
     ood_labels = OODLabels(table, cfg.ood.teacher_thresh) if table is not None and cfg.uses_ood else None
     files = StreamFiles(plan.labeled, plan.unlabeled, plan.ood if cfg.uses_ood else ())
@@ -175,9 +174,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                             max_broken_share=cfg.data.max_broken_share)
     n_id, _ = unlabeled_sizes(cfg)
     iters = cfg.train.iters_per_epoch or max(1, len(sampler.unlabeled) // max(1, n_id or cfg.train.batch_size))
-    total = iters * cfg.train.epochs
-    runner = EpochRunner(model, optimizer, scaler, sampler, cfg, ctx, ood_counts(cfg, total, cfg.seed), iters, total,
-                         amp=False)
+    runner = runner_for(model, optimizer, sampler, cfg, ctx, 0, iters)
     started, curve, logs = time.time(), [], {}
     for epoch in range(cfg.train.epochs):
         logs = train_one_epoch(runner, epoch * iters)

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from trainables.optim import build_optimizer
 from orchestrator.trial import build_trainer, make_trial_input
 from trainables.streams import BrokenSamples
 from trainables.inputs import TrialInput
-from trainables.train_loop import EpochRunner, make_sampler, ood_counts, train_one_epoch
+from trainables.train_loop import make_sampler, runner_for, train_one_epoch
 
 
 def plain_steps_per_s(trial: TrialInput, rank: int = 0, world: int = 1) -> float:
@@ -44,13 +45,15 @@ def plain_steps_per_s(trial: TrialInput, rank: int = 0, world: int = 1) -> float
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = build_optimizer(model, cfg.train.lr, cfg.train.lr_multi)
-    sampler = make_sampler(trial, ctx, rank, BrokenSamples())
     iters = cfg.train.iters_per_epoch
-    counts = ood_counts(cfg, iters, cfg.seed)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    train_one_epoch(EpochRunner(model, opt, scaler, sampler, cfg, ctx, counts, 3, iters, False), 0)  # warm-up
+    one_epoch = replace(cfg, train=replace(cfg.train, epochs=1))
+    warm = runner_for(model, opt, make_sampler(trial, ctx, rank, BrokenSamples()), one_epoch, ctx, 0, 3)
+    train_one_epoch(warm, 0)  # warm-up
+    warm.batches.close()
+    runner = runner_for(model, opt, make_sampler(trial, ctx, rank, BrokenSamples()), one_epoch, ctx, 0, iters)
     start = time.time()
-    train_one_epoch(EpochRunner(model, opt, scaler, sampler, cfg, ctx, counts, iters, iters, False), 0)
+    train_one_epoch(runner, 0)
+    runner.batches.close()
     return iters / (time.time() - start)
 
 

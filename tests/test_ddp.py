@@ -1,5 +1,6 @@
 """Ray Train DDP with 2 gloo workers: completes, checkpoints every epoch, and a second run with the same
-name resumes from the last checkpoint and reports the same metric keys."""
+name resumes from the last checkpoint (its workers now fed by loader processes) and reports the same
+metric keys."""
 from __future__ import annotations
 
 import pytest
@@ -30,10 +31,12 @@ def test_two_worker_ddp_completes_checkpoints_and_resumes(ray_session, shared_ca
     keys = {k for k in first.metrics if not k.startswith("val_iou.")} | {"startup_seconds"}
     assert {"val_miou", "best_val_miou", "loss", "loss_x", "loss_u", "mask_ratio", "lr"} <= keys
 
-    again = fit({"train.epochs": 3}, shared_cache, tmp_path)     # same name + storage: Train resumes
+    # same name + storage: Train resumes, now with a loader process per worker (a resumable change)
+    again = fit({"train.epochs": 3, "train.loader_workers": 1}, shared_cache, tmp_path)
     assert again.metrics["resumed_from_epoch"] == 2 and again.metrics["epoch"] == 3
     assert keys == {k for k in again.metrics if not k.startswith("val_iou.")}
     assert again.metrics["step"] == 3 * TINY["train.iters_per_epoch"]
+    assert 0 <= again.metrics["input_wait_share"] < 1
 
 
 def test_resume_refuses_a_checkpoint_from_other_settings():

@@ -17,7 +17,7 @@ from trainables.models import build_student
 from trainables.optim import build_optimizer
 from trainables.recipe import StepOptions, run_step
 from trainables.streams import BrokenSamples, StreamFiles, StreamSampler
-from trainables.train_loop import EpochRunner, ood_counts, train_one_epoch
+from trainables.train_loop import runner_for, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -146,16 +146,16 @@ def test_sampler_ood_batch_carries_aligned_ground_truth(tmp_path):
 def test_epoch_reports_agreement_and_coverage_in_percent(tmp_path):
     files = [write_sample(tmp_path, f"s_{i}", seed=i) for i in range(2)]
     cfg = build_config({"train.method": "semiovs", "ood.label_source": "self", "ood.ratio": 0.5,
-                        "train.conf_thresh": 0.0, "train.batch_size": 2, "data.crop_size": 32})
+                        "train.conf_thresh": 0.0, "train.batch_size": 2, "data.crop_size": 32,
+                        "train.epochs": 1})
     streams = StreamFiles(files, [(f, None) for f, _ in files], [(f"s_{i}", f) for i, (f, _) in enumerate(files)],
                           [m for _, m in files])
     sampler = StreamSampler(streams, ood_labels=None, crop=32, seed=0, broken=BrokenSamples(), max_broken_share=0.5)
     torch.manual_seed(0)
     model = build_student("unet_small", 5, width=4)
     optimizer = build_optimizer(model, 0.01, 1.0)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     ctx = WorkerContext("local", 0, 1, torch.device("cpu"))
-    runner = EpochRunner(model, optimizer, scaler, sampler, cfg, ctx, ood_counts(cfg, 2, 0), iters=2, total=2, amp=False)
+    runner = runner_for(model, optimizer, sampler, cfg, ctx, first_step=0, iters=2)
     logs = train_one_epoch(runner, 0)
     assert not set(OOD_GT_COUNTS) & set(logs)          # pooled into percentages, not reported as counts
     assert logs["ood_label_coverage"] == 100.0          # tau = 0: every valid pixel is trained on

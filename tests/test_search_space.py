@@ -104,3 +104,76 @@ def test_shipped_spaces_are_valid():
     assert {"smoke.yaml", "ood_ratio.yaml"} <= {f.name for f in files}
     for f in files:
         load_space(f)
+
+
+OPTUNA = """
+search: optuna
+seed: 5
+num_samples: 8
+scheduler: {kind: asha, max_t: 3, grace_period: 1, reduction_factor: 2}
+parameters:
+  train.lr: {loguniform: [0.001, 0.3]}
+  ood.teacher_thresh: {uniform: [0.0, 0.9]}
+  train.method: {choice: [unimatch, semiovs]}
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    ("search: hyperopt", r"'search': 'hyperopt' is not a searcher. Fix: use one of random, optuna"),
+    ("search: optuna\nparameters: {ood.ratio: {grid: [0, 0.5]}}",
+     r"'parameters.ood.ratio.grid': search: optuna cannot run a grid. Fix: write choice"),
+    ("search: optuna", r"'parameters': search: optuna needs at least one swept key"),
+])
+def test_bad_searcher_errors_name_the_key_and_the_fix(tmp_path, text, message):
+    with pytest.raises(SpaceError, match=message):
+        load_space(write(tmp_path, text))
+
+
+def proposals(space, results: list[float]) -> list[dict]:
+    """What the space's searcher proposes when trial i ends with results[i] (real Optuna, no Ray cluster)."""
+    from orchestrator.sweep.space import make_search_alg
+
+    searcher = make_search_alg(space, max_concurrent=1)
+    assert searcher.set_search_properties("val_miou", "max", to_param_space(space))
+    out = []
+    for i, value in enumerate(results):
+        out.append(searcher.suggest(f"t{i}"))
+        searcher.on_trial_complete(f"t{i}", {"val_miou": value, "training_iteration": 1})
+    return out
+
+
+def test_optuna_search_is_seeded_and_learns_from_results(tmp_path):
+    from orchestrator.sweep.space import tpe_startup_trials
+
+    space = load_space(write(tmp_path, OPTUNA))
+    assert space.search == "optuna" and space.num_trials() == 8 and tpe_startup_trials(8) == 2
+    first = proposals(space, [float(i) for i in range(8)])
+    assert first == proposals(space, [float(i) for i in range(8)])          # same seed, same results: same trials
+    assert all(0.001 <= p["train.lr"] <= 0.3 and 0 <= p["ood.teacher_thresh"] <= 0.9 for p in first)
+    # after the 2 random start-up trials, other results lead TPE to other proposals
+    other = proposals(space, [float(-i) for i in range(8)])
+    assert other[:2] == first[:2] and other[2:] != first[2:]
+    reseeded = load_space(write(tmp_path, OPTUNA.replace("seed: 5", "seed: 6")))
+    assert proposals(reseeded, [0.0])[0] != first[0]
+
+
+def test_optuna_search_runs_under_asha_in_tune(ray_session, tmp_path):
+    """The sweep's own TuneConfig (TPE + ASHA) on real Tune; a quick function stands in for training."""
+    from ray import tune
+
+    from orchestrator.core.config import build_config, flatten
+    from orchestrator.sweep.driver import _tune_config
+
+    space = load_space(write(tmp_path, OPTUNA.replace("num_samples: 8", "num_samples: 2")))
+
+    def objective(config):
+        for epoch in range(1, 4):   # a lower lr scores better; the seeded second draw is worse: ASHA stops it
+            tune.report({"val_miou": epoch - 100 * config["train.lr"]})
+
+    tuner = tune.Tuner(objective, param_space=to_param_space(space),
+                       tune_config=_tune_config(space, flatten(build_config()), 1),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), verbose=0))
+    grid = tuner.fit()
+    iterations = sorted(r.metrics["training_iteration"] for r in grid)
+    assert len(grid) == 2 and not grid.errors
+    assert iterations[0] < 3 and iterations[-1] == 3, iterations          # ASHA stopped some trials early

@@ -1,7 +1,10 @@
 """Per-step batches of the three streams (labeled, ID unlabeled, OOD), read from files on disk.
 
-Each worker draws from its own shard with its own seeded generator. A sample that cannot be read is
-skipped, counted and remembered (the run lists them), and another one is drawn in its place.
+Each worker draws from its own shard. Every step draws from its own generator, seeded by (the worker's
+seed, the global step) (`reseed`), so a step's batch is a pure function of those two: the same whether it
+is made in the training process or in a loader process (trainables.loader), and after a resume. A sample
+that cannot be read is skipped, counted and remembered (the run lists them), and another one is drawn in
+its place.
 Where the OOD corpus has ground truth, the OOD batch also carries it (`gt_o`), only to measure the OOD labels.
 """
 from __future__ import annotations
@@ -81,6 +84,7 @@ class StreamSampler:
         self.ood_truth = {image_id: mask for (image_id, _), mask in zip(self.ood, files.ood_masks) if mask}
         self.ood_labels = ood_labels
         self.crop = crop
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.broken = broken
         self.max_broken_share = max_broken_share
@@ -88,24 +92,38 @@ class StreamSampler:
         self._broken_limit = max(1, int(max_broken_share * total))
         self._skipped: set[str] = set()   # training files only: `broken` also lists val files
 
+    def reseed(self, step: int) -> None:
+        """Draw the samples of global step `step` from a generator of their own (see the module doc)."""
+        self.rng = np.random.default_rng((self.seed, step))
+
+    def record_broken(self, path: str, reason: str) -> None:
+        """A training file that could not be read (here, or in a loader process)."""
+        self.broken.add(path, reason)
+        self._skipped.add(path)
+
+    def check_broken(self, example: str = "") -> None:
+        """Stop the run once more than data.max_broken_share of its training images proved unreadable."""
+        from orchestrator.core.errors import UserError
+
+        if len(self._skipped) > self._broken_limit:
+            path = example or next(iter(self._skipped))
+            reason = self.broken.paths.get(path, "")
+            raise UserError(
+                f"more than {self.max_broken_share:.0%} of the training images are unreadable "
+                f"({len(self._skipped)}, e.g. {path}: {reason}). Fix: run "
+                f"`python run.py data check <root>` and repair them, or raise data.max_broken_share.")
+
     def _draw(self, items: list, read):
         """Read a random item, skipping (and recording) broken ones."""
         from orchestrator.core.images import SampleError
-        from orchestrator.core.errors import UserError
 
         while True:
             item = items[int(self.rng.integers(len(items)))]
             try:
                 return read(item)
             except SampleError as err:
-                self.broken.add(str(err.path), err.reason)
-                self._skipped.add(str(err.path))
-                if len(self._skipped) > self._broken_limit:
-                    raise UserError(
-                        f"more than {self.max_broken_share:.0%} of the training images are unreadable "
-                        f"({len(self._skipped)}, e.g. {err.path}: {err.reason}). Fix: run "
-                        f"`python run.py data check <root>` and repair them, or raise data.max_broken_share."
-                    ) from None
+                self.record_broken(str(err.path), err.reason)
+                self.check_broken(str(err.path))
 
     def labeled_batch(self, n: int) -> dict[str, torch.Tensor]:
         def read(pair):

@@ -21,8 +21,10 @@ import torch
 
 from orchestrator.core.config import ExperimentConfig, flatten
 from orchestrator.core.label_format import read_label_quality, read_label_table
+from trainables.device_setup import Precision, apply_model_settings, device_precision
 from trainables.distributed import WorkerContext, make_context
 from trainables.inputs import TrialInput
+from trainables.loader import BatchStream, StepBatches, StepPlan, loader_options, to_device
 from trainables.metrics import OOD_GT_COUNTS, ConfusionMatrix, label_agreement
 from trainables.mixing import plan_ood_counts
 from trainables.models import build_student
@@ -73,19 +75,46 @@ class RunState:
     new_best: bool = False                          # did the last epoch set a new best?
 
 
+def step_plan(cfg: ExperimentConfig, steps: int) -> StepPlan:
+    """Images per stream of each of the run's `steps` global steps (pure)."""
+    n_id, n_total = unlabeled_sizes(cfg)
+    counts = ood_counts(cfg, steps, cfg.seed) if cfg.uses_ood else np.zeros(0, dtype=int)
+    return StepPlan(cfg.train.batch_size, None if cfg.train.method == "supervised" else n_id, n_total, counts)
+
+
 @dataclass
 class EpochRunner:
     """Everything one epoch of training uses, built once per run."""
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    sampler: StreamSampler
+    batches: BatchStream     # the run's batches in step order (trainables.loader)
     cfg: ExperimentConfig
     ctx: WorkerContext
-    ood_counts: np.ndarray   # OOD images per global step
     iters: int               # steps per epoch
     total: int               # steps of the whole run (the poly schedule's horizon)
-    amp: bool
+    precision: Precision
+
+
+def build_runner(trial: TrialInput, ctx: WorkerContext, seed: int, first_step: int,
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> EpochRunner:
+    """The run's input pipeline from `first_step` on, and its precision, around a prepared model."""
+    sampler = make_sampler(trial, ctx, seed, BrokenSamples())
+    iters = steps_per_epoch(trial.config, sampler)
+    return runner_for(model, optimizer, sampler, trial.config, ctx, first_step, iters)
+
+
+def runner_for(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: StreamSampler,
+               cfg: ExperimentConfig, ctx: WorkerContext, first_step: int, iters: int) -> EpochRunner:
+    """An EpochRunner whose batches start at global step `first_step` (also what benchmarks and tests use)."""
+    total = iters * cfg.train.epochs
+    batches = BatchStream(StepBatches(sampler, step_plan(cfg, total)), first_step, total,
+                          loader_options(cfg.train.loader_workers, ctx.device))
+    precision = device_precision(cfg.train.amp, cfg.train.amp_dtype, ctx.device)
+    if precision.note and ctx.is_main:
+        print(f"note: {precision.note}", file=sys.stderr, flush=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.scaled)
+    return EpochRunner(model, optimizer, scaler, batches, cfg, ctx, iters, total, precision)
 
 
 def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
@@ -95,21 +124,25 @@ def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
     torch.manual_seed(seed)
     model = build_student(cfg.model.arch, len(trial.class_names), width=cfg.model.width,
                           fp_dropout=cfg.model.fp_dropout, pretrained_backbone=cfg.model.pretrained_backbone)
+    model = apply_model_settings(model, cfg.train.channels_last, cfg.train.cudnn_benchmark)
     model = ctx.prepare_model(model, cfg.train.sync_bn)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.lr_multi, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
-    amp = cfg.train.amp and ctx.device.type == "cuda"
     flat = flatten(cfg)
     state = restore_state(ctx, flat, model, optimizer)
-    label_quality = read_label_quality(trial.label_store) if trial.label_store else {}   # the teacher's, per set
+    runner = build_runner(trial, ctx, seed, state.step, model, optimizer)
+    try:
+        train_epochs(trial, ctx, runner, state, flat, seed)
+    finally:
+        runner.batches.close()
 
-    broken = BrokenSamples()
-    sampler = make_sampler(trial, ctx, seed + 7919 * state.epoch, broken)
-    iters = steps_per_epoch(cfg, sampler)
-    total = iters * cfg.train.epochs
-    runner = EpochRunner(model, optimizer, torch.amp.GradScaler("cuda", enabled=amp), sampler, cfg, ctx,
-                         ood_counts(cfg, total, cfg.seed), iters, total, amp)
-    prev_rng = make_generator(seed + 7919 * state.epoch)   # PrevMatch draws; reseeded on resume like the sampler
+
+def train_epochs(trial: TrialInput, ctx: WorkerContext, runner: EpochRunner, state: RunState,
+                 flat: dict[str, Any], seed: int) -> None:
+    cfg, model, iters = trial.config, runner.model, runner.iters
+    broken = runner.batches.dataset.sampler.broken
+    prev_rng = make_generator(seed + 7919 * state.epoch)   # PrevMatch draws; reseeded on resume
+    label_quality = read_label_quality(trial.label_store) if trial.label_store else {}   # the teacher's, per set
     resumed_from = state.epoch
     if ctx.is_main and trial.files_dir:   # again after every restart: a restarted worker may run elsewhere
         record_nodes(trial, ctx)
@@ -121,8 +154,11 @@ def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
                                                cfg.train.prev_max_models)
             guide = PrevGuidance(state.snapshots, prev_rng, triangle_weight(state.epoch, cfg.train.epochs),
                                  cfg.train.prev_max_k, cfg.train.prev_thresh)
+        waited = runner.batches.wait_seconds
         logs = train_one_epoch(runner, state.step, prev=guide)
         logs["train_seconds"] = time.time() - started
+        # share of the epoch's training time spent waiting for input (the loader's job is to make it ~0)
+        logs["input_wait_share"] = (runner.batches.wait_seconds - waited) / max(logs["train_seconds"], 1e-9)
         if trial.launched_at and state.epoch == resumed_from:   # trainer built → first training step
             logs["startup_seconds"] = started - trial.launched_at
         state.step += iters
@@ -206,7 +242,7 @@ def steps_per_epoch(cfg: ExperimentConfig, sampler: StreamSampler) -> int:
 
 # Keys a resumed run may change: how long it runs and with what resources, not what it computes.
 RESUMABLE_CHANGES = ("train.epochs", "train.max_failures", "train.num_workers", "train.overlay_images",
-                     "resources.")
+                     "train.loader_workers", "train.cudnn_benchmark", "train.channels_last", "resources.")
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -222,23 +258,14 @@ def train_one_epoch(run: EpochRunner, first_step: int, prev: PrevGuidance | None
     cfg, model, optimizer = run.cfg, run.model, run.optimizer
     model.train()
     sums: dict[str, float] = defaultdict(float)
-    n_id, n_total = unlabeled_sizes(cfg)
     opts = StepOptions(cfg.train.method, tau=cfg.train.conf_thresh, lambda_ood=cfg.train.lambda_ood,
                        ood_label_source=cfg.ood.label_source, prev=prev)
     lr = cfg.train.lr
     for i in range(run.iters):
         step = first_step + i
         lr = apply_poly_lr(optimizer, cfg.train.lr, step, run.total)
-        batch = run.sampler.labeled_batch(cfg.train.batch_size)
-        if cfg.train.method != "supervised":
-            n_ood = int(run.ood_counts[step]) if cfg.uses_ood else 0
-            n_u = n_total - n_ood if cfg.uses_ood else n_id
-            batch.update(run.sampler.unlabeled_batch(n_u, "u"))
-            batch.update(run.sampler.unlabeled_batch(n_u, "m"))
-            if cfg.uses_ood:
-                batch.update(run.sampler.ood_batch(n_ood))
-        batch = {k: v.to(run.ctx.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(run.ctx.device.type, enabled=run.amp):
+        batch = to_device(run.batches.next(step), run.ctx.device, cfg.train.channels_last)
+        with torch.autocast(run.ctx.device.type, dtype=run.precision.dtype, enabled=run.precision.enabled):
             loss, logs = run_step(model, batch, opts)
         optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()

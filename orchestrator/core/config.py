@@ -23,6 +23,7 @@ TemplateSet = Literal["single", "imagenet80"]
 Dataset = Literal["shapes", "pascal", "pc60"]
 IdClassPrior = Literal["skewed", "uniform"]   # `shapes`: uniform = every target class equally common in ID
 StudentArch = Literal["unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101"]
+AmpDtype = Literal["auto", "bf16", "fp16"]   # train.amp: auto = bf16 where the device supports it, else fp16
 METHODS: tuple[str, ...] = get_args(Method)
 LABEL_SOURCES: tuple[str, ...] = get_args(LabelSource)
 TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
@@ -30,9 +31,11 @@ TEMPLATE_SETS: tuple[str, ...] = get_args(TemplateSet)
 DATASETS: tuple[str, ...] = get_args(Dataset)
 ID_CLASS_PRIORS: tuple[str, ...] = get_args(IdClassPrior)
 STUDENT_ARCHS: tuple[str, ...] = get_args(StudentArch)
+AMP_DTYPES: tuple[str, ...] = get_args(AmpDtype)
 CHOICES = {"data.dataset": DATASETS, "data.id_class_prior": ID_CLASS_PRIORS, "ood.label_source": LABEL_SOURCES,
            "teacher.kind": TEACHER_KINDS, "teacher.templates": TEMPLATE_SETS, "train.method": METHODS,
            "model.arch": STUDENT_ARCHS}
+CHOICES["train.amp_dtype"] = AMP_DTYPES
 
 
 def _require(ok: bool, key: str, problem: str, fix: str) -> None:
@@ -131,7 +134,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     num_workers: int = 1        # Ray Train DDP workers; 0 = local mode (in the trial process, fastest here)
-    amp: bool = False           # mixed precision (GPU only)
+    amp: bool = False           # mixed precision: autocast in amp_dtype (on CPU: bf16 only)
     sync_bn: bool = False       # SyncBatchNorm across DDP workers (GPU only)
     max_failures: int = 1       # Train worker failures survived per trial (restart from the last checkpoint)
     trial_retries: int = 1      # times Tune restarts a failed trial (e.g. its driver's node died), from its last checkpoint
@@ -140,6 +143,10 @@ class TrainConfig:
     prev_max_models: int = 8    # PrevMatch: frozen snapshots kept (the oldest is dropped past this)
     prev_max_k: int = 3         # PrevMatch: each step ensembles K ~ U{1..min(this, kept)} snapshots
     prev_thresh: float = 0.9    # PrevMatch: confidence threshold on the ensemble's pseudo-labels
+    loader_workers: int = 0     # DataLoader processes preparing each Train worker's batches (0 = in its own process)
+    amp_dtype: AmpDtype = "auto"   # train.amp's dtype: auto = bf16 where the device supports it, else fp16
+    channels_last: bool = False    # NHWC memory format for the student and its inputs (faster convs on GPUs)
+    cudnn_benchmark: bool = False  # let cuDNN pick the fastest convolution algorithms (fixed crop sizes)
 
     def __post_init__(self):
         _one_of(self.method, METHODS, "train.method")
@@ -160,6 +167,8 @@ class TrainConfig:
         _require(self.prev_max_models >= 1, "train.prev_max_models", "must be >= 1", "use e.g. 8 (the paper)")
         _require(self.prev_max_k >= 1, "train.prev_max_k", "must be >= 1", "use e.g. 3 (the paper)")
         _between(self.prev_thresh, 0.0, 1.0, "train.prev_thresh")
+        _between(self.loader_workers, 0, 64, "train.loader_workers")
+        _one_of(self.amp_dtype, AMP_DTYPES, "train.amp_dtype")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from orchestrator.core.errors import UserError
 from orchestrator.core import storage as store
 from orchestrator.core.names import check_name
 from orchestrator.core.paths import default_cache_root, default_storage_root, files_root, resolve_root
-from orchestrator.sweep.space import SearchSpace, load_space, resolve_base, to_param_space
+from orchestrator.sweep.space import SearchSpace, load_space, make_search_alg, resolve_base, to_param_space
 from orchestrator.labels.job import LabelRequest
 from orchestrator.sweep import results
 from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, max_concurrent_trials
@@ -252,7 +252,6 @@ def _fit_tuner(run: SweepRun, console: Console):
 def _tune_config(space: SearchSpace, base: dict[str, Any], concurrent: int):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if space.scheduler.kind == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=asha_max_t(space, base),
@@ -260,9 +259,8 @@ def _tune_config(space: SearchSpace, base: dict[str, Any], concurrent: int):
                                   reduction_factor=space.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    # the limit goes on the generator: Tune ignores max_concurrent_trials when it is given a generator instance
     return tune.TuneConfig(metric=space.metric, mode=space.mode, scheduler=scheduler, num_samples=space.num_samples,
-                           search_alg=BasicVariantGenerator(random_state=space.seed, max_concurrent=concurrent))
+                           search_alg=make_search_alg(space, concurrent))
 
 
 def _progress_line(space: SearchSpace):

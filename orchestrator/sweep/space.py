@@ -7,13 +7,15 @@ Format (YAML):
     mode: max                      # max | min
     num_samples: 1                 # repeats of the grid (random draws for non-grid parameters)
     max_concurrent_trials: 1       # optional; default from the cluster's CPUs
+    search: random                 # random: every grid value × num_samples random draws | optuna: TPE
+    seed: 0                        # seed of the search (random draws, or Optuna's TPE sampler)
     scheduler: {kind: asha, max_t: 6, grace_period: 2, reduction_factor: 2}   # or: fifo
     fixed: {train.epochs: 4}       # dotted config keys -> values
     parameters:                    # dotted config keys -> one distribution
       ood.ratio: {grid: [0, 0.25, 0.5, 0.75]}
       train.lr: {loguniform: [0.001, 0.1]}
 
-Parsing is pure; `to_param_space` is the only place that touches Ray Tune.
+Parsing is pure; `to_param_space` and `make_search_alg` are the only places that touch Ray Tune.
 """
 from __future__ import annotations
 
@@ -32,7 +34,10 @@ DISCRETE = ("grid", "choice")
 CONTINUOUS = ("uniform", "loguniform", "randint")
 DISTRIBUTIONS = DISCRETE + CONTINUOUS
 TOP_KEYS = ("name", "description", "metric", "mode", "num_samples", "max_concurrent_trials",
-            "scheduler", "fixed", "parameters", "seed")
+            "scheduler", "fixed", "parameters", "seed", "search")
+# random: Tune's variant generator (every grid value, the other distributions drawn at random);
+# optuna: Optuna's TPE proposes each trial from the results so far (num_samples = trials in all)
+SEARCHERS = ("random", "optuna")
 SCHEDULER_KEYS = {"fifo": ("kind",), "asha": ("kind", "max_t", "grace_period", "reduction_factor")}
 
 
@@ -60,6 +65,7 @@ class SearchSpace:
     max_concurrent_trials: int | None = None
     seed: int = 0
     scheduler: Scheduler = field(default_factory=Scheduler)
+    search: str = "random"      # one of SEARCHERS
     fixed: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, Distribution] = field(default_factory=dict)
 
@@ -68,6 +74,8 @@ class SearchSpace:
         return list(self.parameters)
 
     def num_trials(self) -> int:
+        if self.search == "optuna":
+            return self.num_samples
         grid = 1
         for dist in self.parameters.values():
             if dist.kind == "grid":
@@ -126,6 +134,7 @@ def parse_space(doc: Any, source: str, default_name: str = "sweep") -> SearchSpa
     if both:
         fail(f"fixed.{both[0]}", "is both fixed and swept", "keep it in only one of fixed: or parameters:")
     scheduler = _parse_scheduler(doc.get("scheduler", "fifo"), fail)
+    search = _parse_search(doc.get("search", "random"), parameters, fail)
 
     # Build a config with every discrete value (and both ends of each range), so range and cross-field
     # errors show now rather than in trial 17.
@@ -138,7 +147,7 @@ def parse_space(doc: Any, source: str, default_name: str = "sweep") -> SearchSpa
         raise SpaceError(str(err)) from None
     return SearchSpace(name=name, source=source, metric=metric, mode=mode, num_samples=num_samples,
                        max_concurrent_trials=concurrent, seed=seed, scheduler=scheduler,
-                       fixed=fixed, parameters=parameters)
+                       fixed=fixed, parameters=parameters, search=search)
 
 
 def _positive_int(value: Any, where: str, fail) -> int:
@@ -218,6 +227,19 @@ def _parse_scheduler(spec: Any, fail) -> Scheduler:
     return Scheduler(kind="asha", **knobs)
 
 
+def _parse_search(search: Any, parameters: dict[str, Distribution], fail) -> str:
+    if search not in SEARCHERS:
+        fail("search", f"{search!r} is not a searcher", "use one of " + ", ".join(SEARCHERS))
+    if search == "optuna":
+        grids = [key for key, dist in parameters.items() if dist.kind == "grid"]
+        if grids:   # TPE proposes points; it cannot be told to run every value of a grid
+            fail(f"parameters.{grids[0]}.grid", "search: optuna cannot run a grid",
+                 "write choice: [...] instead (TPE then picks among the values), or use search: random")
+        if not parameters:
+            fail("parameters", "search: optuna needs at least one swept key", "add parameters: or use search: random")
+    return search
+
+
 def resolve_base(space: SearchSpace, overrides: dict[str, Any], source: str = "--set") -> dict[str, Any]:
     """The flat config every trial starts from: defaults ← space `fixed:` ← `--set` overrides."""
     for key in overrides:
@@ -239,6 +261,29 @@ def to_param_space(space: SearchSpace) -> dict[str, Any]:
         "randint": lambda a: tune.randint(a[0], a[1] + 1),  # YAML bounds are inclusive; Tune's high is not
     }
     return {key: makers[d.kind](d.args) for key, d in space.parameters.items()}
+
+
+def tpe_startup_trials(num_samples: int) -> int:
+    """Random trials before TPE models the results: Optuna's 10 would leave a 16-trial budget nearly
+    random, so a quarter of the budget, at least 2 and at most Optuna's 10."""
+    return max(2, min(10, num_samples // 4))
+
+
+def make_search_alg(space: SearchSpace, max_concurrent: int):
+    """The Tune searcher of the space, holding at most `max_concurrent` trials at once."""
+    if space.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        import optuna
+
+        # metric and mode come from the TuneConfig; the seed makes TPE's proposals reproducible
+        sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=tpe_startup_trials(space.num_samples))
+        return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # the limit goes on the generator: Tune ignores max_concurrent_trials when it is given a generator instance
+    return BasicVariantGenerator(random_state=space.seed, max_concurrent=max_concurrent)
 
 
 def describe_value(value: Any) -> str:
