@@ -75,7 +75,8 @@ class StepBatches(torch.utils.data.Dataset):
             batch, error = make_step_batch(self.sampler, self.plan, step), ""
         except UserError as err:   # raised in a loader process, it would reach the run as a traceback
             batch, error = {}, str(err)
-        new = {p: r for p, r in self.sampler.broken.paths.items() if p not in self._reported}
+        # training files only: in-process, `broken` also holds the val files the evaluation met
+        new = {p: self.sampler.broken.paths.get(p, "") for p in self.sampler.skipped if p not in self._reported}
         self._reported.update(new)
         return {"step": step, "batch": batch, "broken": new, "error": error}
 

@@ -96,6 +96,11 @@ class StreamSampler:
         """Draw the samples of global step `step` from a generator of their own (see the module doc)."""
         self.rng = np.random.default_rng((self.seed, step))
 
+    @property
+    def skipped(self) -> frozenset[str]:
+        """The training files found unreadable so far."""
+        return frozenset(self._skipped)
+
     def record_broken(self, path: str, reason: str) -> None:
         """A training file that could not be read (here, or in a loader process)."""
         self.broken.add(path, reason)
