@@ -21,6 +21,22 @@ BUCKET = "semiovs-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """A server in its own process group (mlflow server forks uvicorn and job runners: all stop together)."""
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _wait_for(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while True:
@@ -29,7 +45,7 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: f
             return
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
+                _stop(proc)
                 raise RuntimeError(f"{what} did not start; see {log}")
             time.sleep(0.3)
 
@@ -43,16 +59,14 @@ def s3_endpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("moto")
     port = _free_port()
     log = folder / "moto.log"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = _start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait_for(endpoint + "/moto-api/", proc, log, "the moto S3 server")
         boto3.client("s3", endpoint_url=endpoint, **_boto_credentials()).create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
 
 
 def _boto_credentials() -> dict:
@@ -119,17 +133,15 @@ def mlflow_with_s3_artifacts(s3_endpoint, tmp_path):
     port = _free_port()
     log = tmp_path / "mlflow.log"
     env = {**os.environ, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    proc = _start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                   "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", "1"], log, env)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(url + "/health", proc, log, "mlflow server")
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
 
 
 def _trial_runs(uri: str):
