@@ -20,6 +20,18 @@ from typing import Mapping
 
 _TARGET = None   # the RayTarget this process started or joined (set once by init_ray)
 
+# Lines Ray prints in red that are not failures, dropped from the worker output Ray forwards to this console
+# (Ray's own setting RAY_DEDUP_LOGS_SKIP_REGEX; the lines stay in Ray's log files). Ray Data's and Ray Train's
+# own actors (MapWorker, PreemptionWatcher) are created with restarts and a reference among their
+# constructor arguments, which core_worker.cc flags once per process (ray #53727, #57733). Narrow on purpose:
+# any other error line still shows.
+HARMLESS_RAY_LINES = r"has constructor arguments in the object store and max_restarts > 0"
+
+
+def quiet_harmless_ray_lines(env=os.environ) -> None:
+    """Set Ray's skip pattern unless the user set one; read when `ray` is first imported."""
+    env.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", HARMLESS_RAY_LINES)
+
 
 @dataclass(frozen=True)
 class RayTarget:
@@ -42,6 +54,7 @@ def choose_target(flag: str | None, env: Mapping[str, str]) -> RayTarget:
 
 def init_ray(quiet: bool = False, num_cpus: int | None = None, address: str | None = None) -> str:
     """Start or join Ray (once per process); returns one line naming the Ray, its nodes, CPUs and GPUs."""
+    quiet_harmless_ray_lines()
     import ray
 
     if not ray.is_initialized():
@@ -56,6 +69,11 @@ def init_ray(quiet: bool = False, num_cpus: int | None = None, address: str | No
         global _TARGET
         _TARGET = target
     return describe_ray()
+
+
+def joined_cluster() -> bool:
+    """Whether init_ray joined a cluster (rather than starting a private local Ray)."""
+    return bool(_TARGET and _TARGET.joins_cluster)
 
 
 def describe_ray() -> str:

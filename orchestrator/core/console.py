@@ -12,3 +12,9 @@ class Console:
     def say(self, *parts) -> None:
         if not self.quiet:
             print(*parts, file=self.stream or sys.stdout, flush=True)
+
+    def progress(self, label: str, total: float, unit: str = "it"):
+        """A progress bar (or periodic lines) for a long step; nothing with --quiet."""
+        from orchestrator.core.progress import Progress, silent
+
+        return silent(label, total, unit) if self.quiet else Progress(label, total, unit, stream=self.stream)

@@ -69,13 +69,14 @@ def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
                        masks=tuple(mask for _, _, mask in corpus))
 
 
-def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print) -> LabelingOutcome:
-    """Fit the teacher if needed, then label the corpus unless its key is cached. Needs ray.init()."""
+def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print, progress=None) -> LabelingOutcome:
+    """Fit the teacher if needed, then label the corpus unless its key is cached. Needs ray.init().
+    `progress`: a core.progress factory for the fit's and the labeling's bars (default silent)."""
     from orchestrator.labels.pipeline import run_labeling
 
-    ensure_fitted_teacher(cfg, cache_root, dataset_root(cfg, cache_root), log)
+    ensure_fitted_teacher(cfg, cache_root, dataset_root(cfg, cache_root), log, progress)
     job = label_job(cfg, cache_root)
     if not job.store.is_complete():
         log(f"labeling {len(job.items)} OOD images with {cfg.teacher.kind} on "
             f"{job.actors} actor(s) → {job.store.root}")
-    return run_labeling(job)
+    return run_labeling(job, progress)
