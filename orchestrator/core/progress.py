@@ -21,9 +21,12 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def progress_line(label: str, done: float, total: float, elapsed: float, unit: str) -> str:
-    """'teacher fit: 300/1500 step (20%), 12.5 step/s, elapsed 24s, ETA 1m36s' (no ETA before any progress)."""
-    rate = done / elapsed if elapsed > 0 else 0.0
+def progress_line(label: str, done: float, total: float, elapsed: float, unit: str,
+                  rate: float | None = None) -> str:
+    """'teacher fit: 300/1500 step (20%), 12.5 step/s, elapsed 24s, ETA 1m36s' (no ETA before any progress).
+    `rate` defaults to done ÷ elapsed."""
+    if rate is None:
+        rate = done / elapsed if elapsed > 0 else 0.0
     share = f" ({100 * done / total:.0f}%)" if total else ""
     eta = f", ETA {format_duration((total - done) / rate)}" if rate > 0 and total else ""
     return (f"{label}: {done:g}/{total:g} {unit}{share}, {rate:.1f} {unit}/s, "
@@ -39,6 +42,8 @@ class Progress:
         self.label, self.total, self.unit, self.every, self.clock = label, total, unit, every, clock
         self.stream = stream or sys.stdout
         self.done = 0.0
+        self.shown = None   # the count of the last line printed
+        self.first = None   # (time, count) of the first progress
         self.started = self.last = clock()
         self._bar = None
         if _is_terminal(self.stream):
@@ -51,8 +56,10 @@ class Progress:
     def set(self, done: float) -> None:
         if self._bar is not None:
             self._bar.update(done - self.done)
-        self.done = done
         now = self.clock()
+        if self.first is None and done > 0:
+            self.first = (now, done)   # the rate counts from here: start-up before it is not work
+        self.done = done
         if self._bar is None and now - self.last >= self.every:
             self.last = now
             self._print()
@@ -60,11 +67,16 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.done:
+        elif self.done and self.shown != self.done:
             self._print()
 
     def _print(self) -> None:
-        print(progress_line(self.label, self.done, self.total, self.clock() - self.started, self.unit),
+        self.shown = self.done
+        now = self.clock()
+        rate = None
+        if self.first is not None and now > self.first[0] and self.done > self.first[1]:
+            rate = (self.done - self.first[1]) / (now - self.first[0])
+        print(progress_line(self.label, self.done, self.total, now - self.started, self.unit, rate),
               file=self.stream, flush=True)
 
     def __enter__(self) -> "Progress":
