@@ -18,14 +18,12 @@ import socket
 from dataclasses import dataclass
 from typing import Mapping
 
+from orchestrator.core.console import HARMLESS_RAY_LINES
+
 _TARGET = None   # the RayTarget this process started or joined (set once by init_ray)
 
-# Lines Ray prints in red that are not failures, dropped from the worker output Ray forwards to this console
-# (Ray's own setting RAY_DEDUP_LOGS_SKIP_REGEX; the lines stay in Ray's log files). Ray Data's and Ray Train's
-# own actors (MapWorker, PreemptionWatcher) are created with restarts and a reference among their
-# constructor arguments, which core_worker.cc flags once per process (ray #53727, #57733). Narrow on purpose:
-# any other error line still shows.
-HARMLESS_RAY_LINES = r"has constructor arguments in the object store and max_restarts > 0"
+# Ray's own setting RAY_DEDUP_LOGS_SKIP_REGEX drops a line from the worker output Ray forwards to this console
+# (it stays in Ray's log files): here only the harmless constructor-arguments line (core.console).
 
 
 def quiet_harmless_ray_lines(env=os.environ) -> None:

@@ -111,3 +111,18 @@ def test_only_the_harmless_ray_line_is_skipped():
     mine = {"RAY_DEDUP_LOGS_SKIP_REGEX": "mine"}
     quiet_harmless_ray_lines(mine)
     assert mine["RAY_DEDUP_LOGS_SKIP_REGEX"] == "mine" and HARMLESS_RAY_LINES
+
+
+def test_stderr_is_held_and_only_the_harmless_line_dropped(capfd):
+    import sys
+
+    from orchestrator.core.console import HARMLESS_RAY_LINES, stderr_without
+
+    with pytest.raises(RuntimeError):
+        with stderr_without(HARMLESS_RAY_LINES):
+            os.write(2, b"[E core_worker.cc] Actor 'MapWorker' has constructor arguments in the object store and "
+                        b"max_restarts > 0. If ...\n")          # what Ray's C++ core writes, straight to fd 2
+            print("a real error", file=sys.stderr)
+            raise RuntimeError("the block failed")
+    err = capfd.readouterr().err
+    assert err == "a real error\n"                              # written out after the block, even on failure

@@ -7,6 +7,7 @@ that looks complete, and a concurrent request for the same key waits on a lock a
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.core.console import HARMLESS_RAY_LINES, stderr_without
 from orchestrator.core.masks import encode_png
 from orchestrator.labels.store import LabelStore
 
@@ -211,7 +213,12 @@ def _write_shards(job: LabelingJob, out: Path, bar):
     tally = Tally.for_items(names, CONF_BINS, [i for i, _ in job.items], _ground_truth_paths(job))
     out.mkdir(parents=True, exist_ok=True)
     pending: list[dict] = []
-    for batch in _dataset(job).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+    batches = iter(_dataset(job).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+    # The actor pool starts with the first batch, and this process's Ray core then flags a harmless detail
+    # of Ray Data's actors in red on stderr (core.console.HARMLESS_RAY_LINES): held back and dropped there.
+    with stderr_without(HARMLESS_RAY_LINES):
+        first = next(batches, None)
+    for batch in itertools.chain([first] if first is not None else [], batches):
         tally.add(batch)
         pending.append(batch)
         bar.update(len(batch["image_id"]))
