@@ -20,7 +20,8 @@ from orchestrator.core.paths import default_cache_root, default_storage_root, in
 from orchestrator.sweep.space import SearchSpace, load_space, resolve_base, to_param_space
 from orchestrator.labels.job import LabelRequest
 from orchestrator.sweep import results
-from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, trial_packing
+from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, per_trial_cpus, trial_packing
+from orchestrator.sweep.utilization import core_utilization
 from orchestrator.tracking import client as mlflow_runs
 from orchestrator.tracking.callback import make_trial_callback
 
@@ -148,10 +149,10 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     console.say(f"{STAGES[3]}: {space.num_trials()} trial(s), {packing.concurrent} at once")
     usage = _usage_window()
     grid = _fit_tuner(run, console, packing.concurrent)
-    if usage is not None:
-        mlflow_runs.log_metrics(uri, parent, usage.finish())
+    figures = usage.finish() if usage is not None else {}
     rows = results.rows_from_result_grid(grid, space.swept_keys, space.metric, space.mode,
                                          int(base["train.epochs"]))
+    _log_core_use(run, figures, rows, console)
     table = results.format_text(rows, space.swept_keys, space.metric)
     mlflow_runs.log_text(uri, parent, results.format_markdown(rows, space.swept_keys, space.metric),
                          "summary/results.md")
@@ -238,8 +239,21 @@ def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: li
         mlflow_runs.log_metrics(uri, parent, metrics)
 
 
+def _log_core_use(run: SweepRun, figures: dict[str, float], rows: list, console: Console) -> None:
+    """The trial phase's core figures on the parent run and one line on the console. Beside the busy share
+    (/proc): the share of the cores Ray had reserved for trials (trial seconds × CPUs per trial)."""
+    if not figures:
+        return
+    reserved = sum(r.seconds for r in rows) * per_trial_cpus(run.base)
+    figures["cost.core_reserved_share"] = round(core_utilization(reserved, figures["cost.cores"],
+                                                                 figures["cost.trial_phase_seconds"]), 4)
+    mlflow_runs.log_metrics(run.uri, run.parent_run_id, figures)
+    console.say(f"cores over the trial phase: {figures['cost.core_utilization']:.0%} busy with this sweep's "
+                f"processes, {figures['cost.core_reserved_share']:.0%} reserved for trials; the machine's, "
+                f"every user's: {figures['cost.machine_core_utilization']:.0%} busy")
+
+
 def _fit_tuner(run: SweepRun, console: Console, concurrent: int):
-    import ray
     from ray import tune
 
     from orchestrator.trial import run_trial

@@ -134,6 +134,7 @@ def fit_benchmark_teacher(data_root: Path, out_path: Path, *, steps: int, templa
                           cpus: float, gpus: float, progress=None) -> Path:
     """Fit (a Ray task when Ray is up, so a cluster can give it a GPU), showing its progress with an ETA."""
     import os
+    import sys
 
     import ray
 
@@ -153,6 +154,8 @@ def fit_benchmark_teacher(data_root: Path, out_path: Path, *, steps: int, templa
                                                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
         records = (ray.get(ref) for ref in task.remote(*args))
     else:
+        if "torch" not in sys.modules:   # in this process: passive waits too, if torch is not loaded yet
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         records = _fit_records(*args)
     path = None
     with (progress or silent)(f"teacher fit ({threads} thread(s))", steps, "step") as bar:
