@@ -14,9 +14,9 @@ from orchestrator.core.progress import Progress, progress_line, silent
 
 
 def test_progress_line_has_rate_and_eta():
-    assert progress_line("teacher fit", 300, 1500, 24.0, "step") == \
+    assert progress_line("teacher fit", 300, 1500, 24.0, "step", rate=12.5) == \
         "teacher fit: 300/1500 step (20%), 12.5 step/s, elapsed 24s, ETA 1m36s"
-    assert "ETA" not in progress_line("labeling", 0, 4000, 0.0, "image")
+    assert progress_line("labeling", 64, 4000, 80.0, "image") == "labeling: 64/4000 image (2%), elapsed 1m20s"
 
 
 def test_progress_prints_a_line_every_few_seconds_when_not_a_terminal():

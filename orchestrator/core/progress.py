@@ -23,14 +23,12 @@ def format_duration(seconds: float) -> str:
 
 def progress_line(label: str, done: float, total: float, elapsed: float, unit: str,
                   rate: float | None = None) -> str:
-    """'teacher fit: 300/1500 step (20%), 12.5 step/s, elapsed 24s, ETA 1m36s' (no ETA before any progress).
-    `rate` defaults to done ÷ elapsed."""
-    if rate is None:
-        rate = done / elapsed if elapsed > 0 else 0.0
+    """'teacher fit: 300/1500 step (20%), 12.5 step/s, elapsed 24s, ETA 1m36s'; without a rate (none measured
+    yet) neither rate nor ETA."""
     share = f" ({100 * done / total:.0f}%)" if total else ""
-    eta = f", ETA {format_duration((total - done) / rate)}" if rate > 0 and total else ""
-    return (f"{label}: {done:g}/{total:g} {unit}{share}, {rate:.1f} {unit}/s, "
-            f"elapsed {format_duration(elapsed)}{eta}")
+    speed = f", {rate:.1f} {unit}/s" if rate is not None else ""
+    eta = f", ETA {format_duration((total - done) / rate)}" if rate and total else ""
+    return f"{label}: {done:g}/{total:g} {unit}{share}{speed}, elapsed {format_duration(elapsed)}{eta}"
 
 
 class Progress:
@@ -73,8 +71,8 @@ class Progress:
     def _print(self) -> None:
         self.shown = self.done
         now = self.clock()
-        rate = None
-        if self.first is not None and now > self.first[0] and self.done > self.first[1]:
+        rate = None   # counted from the first progress: the start-up before it (a worker starting, data
+        if self.first is not None and now > self.first[0] and self.done > self.first[1]:   # loading) is no rate
             rate = (self.done - self.first[1]) / (now - self.first[0])
         print(progress_line(self.label, self.done, self.total, now - self.started, self.unit, rate),
               file=self.stream, flush=True)
