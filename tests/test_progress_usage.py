@@ -126,3 +126,14 @@ def test_stderr_is_held_and_only_the_harmless_line_dropped(capfd):
             raise RuntimeError("the block failed")
     err = capfd.readouterr().err
     assert err == "a real error\n"                              # written out after the block, even on failure
+
+
+def test_a_private_ray_runs_its_workers_at_our_priority_unless_told_otherwise():
+    from orchestrator.runtime import local_worker_priority
+
+    env = {}
+    local_worker_priority(env)
+    assert env == {"RAY_worker_niceness": "0"}
+    mine = {"RAY_worker_niceness": "19"}
+    local_worker_priority(mine)
+    assert mine == {"RAY_worker_niceness": "19"}
