@@ -46,6 +46,9 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
                                                                              f"{entries[0]}/diagnostics")}
     assert "diagnostics.json" in diagnostics and any(name.endswith(".png") for name in diagnostics)
     assert 0 <= parent.data.metrics["teacher.miou"] <= 100
+    # the trial phase's core accounting (/proc over this process tree; Ray's reservations)
+    assert 0 < parent.data.metrics["cost.core_utilization"] <= 1.5
+    assert 0 < parent.data.metrics["cost.core_reserved_share"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert artifacts == {"summary/results.md", "summary/results.csv"}
     for run in trials:
@@ -116,6 +119,7 @@ def test_asha_sweep_of_train_in_tune_completes_on_two_cpus(ray_session, shared_c
     space = tmp_path / "asha.yaml"
     space.write_text("""
 name: asha_test
+max_concurrent_trials: 1   # one at a time (two would fit now that the Tune function holds no CPU)
 scheduler: {kind: asha, max_t: 3, grace_period: 1, reduction_factor: 2}
 fixed: {train.method: supervised, train.num_workers: 1, train.epochs: 3}
 parameters:

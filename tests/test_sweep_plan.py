@@ -7,7 +7,8 @@ from orchestrator.core.config import build_config, flatten
 from orchestrator.core.errors import SpaceError
 from orchestrator.sweep.results import TrialRow, format_csv, format_markdown, format_text, trial_status
 from orchestrator.sweep.space import parse_space, resolve_base
-from orchestrator.sweep.plan import labeling_configs, max_concurrent_trials, per_trial_cpus
+from orchestrator.sweep.plan import (driver_resources, labeling_configs, max_concurrent_trials, per_trial_cpus,
+                                     trial_packing)
 
 
 def plan(parameters, fixed=None):
@@ -45,12 +46,34 @@ def test_continuous_sweep_of_a_teacher_key_is_refused():
 def test_concurrency_from_cpus():
     space = parse_space({}, "s.yaml")
     base = flatten(build_config())
-    assert per_trial_cpus(base) == 1.5
-    assert max_concurrent_trials(space, base, 2) == 1
-    assert max_concurrent_trials(space, base, 8) == 5
+    assert per_trial_cpus(base) == 1.0          # the Tune function holds no CPU: it only waits on its trainer
+    assert max_concurrent_trials(space, base, 2) == 1   # a one-trial space never runs more than one
+    grid = parse_space({"parameters": {"ood.ratio": {"grid": [0, 0.25, 0.5, 0.75]}}}, "s.yaml")
+    assert max_concurrent_trials(grid, base, 2) == 2 and max_concurrent_trials(grid, base, 3) == 3
+    assert max_concurrent_trials(grid, base, 8) == 4
     local = flatten(build_config({"train.num_workers": 0}))
-    assert per_trial_cpus(local) == 1.0 and max_concurrent_trials(space, local, 2) == 2
-    assert max_concurrent_trials(parse_space({"max_concurrent_trials": 3}, "s.yaml"), base, 2) == 3
+    assert per_trial_cpus(local) == 1.0 and max_concurrent_trials(grid, local, 2) == 2
+    assert max_concurrent_trials(parse_space({"max_concurrent_trials": 3, "parameters": {
+        "ood.ratio": {"grid": [0, 0.25, 0.5, 0.75]}}}, "s.yaml"), base, 2) == 3
+
+
+def test_packing_says_why_and_counts_gpus():
+    grid = parse_space({"parameters": {"ood.ratio": {"grid": [0, 0.25, 0.5, 0.75]}}}, "s.yaml")
+    packing = trial_packing(grid, flatten(build_config()), 2)
+    assert packing.concurrent == 2
+    assert packing.reason == ("2 CPU(s) ÷ 1 CPU per trial (1 Train worker(s) × 1 CPU + 0 CPU for its Tune "
+                              "function)")
+    gpu = flatten(build_config({"resources.gpus_per_worker": 1, "train.num_workers": 2}))
+    packing = trial_packing(grid, gpu, 40, 4)   # CPUs would hold 20 trials; 4 GPUs hold 2 two-GPU trials
+    assert packing.concurrent == 2 and "4 GPU(s) ÷ 2 GPU per trial" in packing.reason
+    assert "0 CPU for its Tune function" in packing.reason
+
+
+def test_trial_function_reserves_memory_not_cpu():
+    resources = driver_resources(flatten(build_config()))
+    assert resources["CPU"] == 0 and resources["memory"] > 0    # Tune refuses an empty resource request
+    local = driver_resources(flatten(build_config({"train.num_workers": 0})))
+    assert local["CPU"] == 1                                    # local mode trains in the Tune function
 
 
 def test_results_table_formats():

@@ -71,7 +71,7 @@ def label(args: argparse.Namespace) -> int:
                         "Fix: drop that --set, or set ood.label_source=teacher.")
     console = Console(args.quiet, sys.stderr)   # progress on stderr: stdout holds only the JSON summary
     _start_ray(args, console)
-    print_json(ensure_labels(cfg, _cache(args), console.say).summary())
+    print_json(ensure_labels(cfg, _cache(args), console.say, console.progress).summary())
     return 0
 
 
@@ -118,10 +118,11 @@ def teacher_fit(args: argparse.Namespace) -> int:
         raise UserError(f"teacher.kind={cfg.teacher.kind} is training-free; only textseg is fitted.")
     if choose_target(args.ray_address, os.environ).joins_cluster:   # the fit then runs as a task on a node
         _start_ray(args, Console(args.quiet))
-    root = dataset_root(cfg, _cache(args))
+    progress = Console(args.quiet, sys.stderr).progress   # stdout holds only the JSON summary
+    root = dataset_root(cfg, _cache(args), progress)
     path = fitted_textseg_path(cfg, _cache(args), root)
     existed = path.is_file()
-    ensure_fitted_teacher(cfg, _cache(args), root, print)
+    ensure_fitted_teacher(cfg, _cache(args), root, print, progress)
     print_json({"checkpoint": str(path), "reused": existed})
     return 0
 

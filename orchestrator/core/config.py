@@ -188,7 +188,7 @@ class ModelConfig:
 class ResourcesConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0   # > 0 selects nccl, AMP and SyncBN where enabled
-    trial_cpus: float = 0.5        # the Tune function that drives each trial's TorchTrainer
+    trial_cpus: float = 0.0        # the Tune function that drives each trial's TorchTrainer (it only waits on it)
     trial_resource: str = ""       # custom Ray resource a trial's driver needs (e.g. on-demand nodes); "" = any node
     worker_resource: str = ""      # custom Ray resource each Train worker needs (e.g. a GPU pool); "" = any node
     teacher_actors: int = 1        # Ray Data actor-pool size for pseudo-labeling (one per GPU on a cluster)
@@ -198,7 +198,7 @@ class ResourcesConfig:
     def __post_init__(self):
         _require(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0", "use e.g. 1")
         _require(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "is negative", "use 0 or more")
-        _require(self.trial_cpus > 0, "resources.trial_cpus", "must be > 0", "use e.g. 0.5")
+        _require(self.trial_cpus >= 0, "resources.trial_cpus", "is negative", "use 0 or more")
         _require(self.teacher_actors >= 1, "resources.teacher_actors", "must be >= 1", "use 1 or more")
         _require(self.cpus_per_teacher >= 0, "resources.cpus_per_teacher", "is negative", "use 0 or more")
         _require(self.gpus_per_teacher >= 0, "resources.gpus_per_teacher", "is negative", "use 0 or more")

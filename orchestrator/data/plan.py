@@ -34,13 +34,14 @@ def shapes_spec(cfg: ExperimentConfig):
                       seed=d.seed, splits=splits or (1,), id_class_prior=d.id_class_prior)
 
 
-def dataset_root(cfg: ExperimentConfig, cache_root: Path) -> Path:
-    """The dataset folder; generates the `shapes` benchmark into the cache when no root is given."""
+def dataset_root(cfg: ExperimentConfig, cache_root: Path, progress=None) -> Path:
+    """The dataset folder; generates the `shapes` benchmark into the cache when no root is given (with
+    `progress`, a core.progress factory, shown while it draws)."""
     if cfg.data.root:
         return Path(cfg.data.root).expanduser().resolve()
     from orchestrator.data.shapes import ensure_shapes
 
-    return ensure_shapes(cache_root, shapes_spec(cfg))
+    return ensure_shapes(cache_root, shapes_spec(cfg), progress)
 
 
 def build_plan(cfg: ExperimentConfig, cache_root: Path) -> DataPlan:

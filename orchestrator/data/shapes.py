@@ -190,10 +190,13 @@ def _split_order(spec: ShapesSpec, present: list[set[int]]) -> np.ndarray:
     return perm
 
 
-def _render_domain(spec: ShapesSpec, root: Path, domain: str, count: int) -> tuple[dict[str, str], list[set[int]]]:
+def _render_domain(spec: ShapesSpec, root: Path, domain: str, count: int, bar=None
+                   ) -> tuple[dict[str, str], list[set[int]]]:
     """Draw and write the images of one domain. Returns file hashes and, per image, the target ids shown."""
     w, content, present = _Writer(root), domain_contents(spec)[domain], []
     for i in range(count):
+        if bar is not None:
+            bar.update(1)   # counts the image being drawn: cheap, and the ETA needs no more precision
         rng = _rng(spec, _DOMAINS[domain], i)
         if domain in ("train", "val"):
             img, lab = render.render_scene(rng, spec.image_size, content, 0.0)
@@ -212,17 +215,22 @@ def _render_domain(spec: ShapesSpec, root: Path, domain: str, count: int) -> tup
     return w.hashes, present
 
 
-def _write_all(spec: ShapesSpec, root: Path) -> dict:
+def _write_all(spec: ShapesSpec, root: Path, progress=None) -> dict:
+    from orchestrator.core.progress import silent
+
     w = _Writer(root)
+    total = spec.num_train + spec.num_val + spec.num_ood + spec.num_source
+    bar = (progress or silent)("generating the shapes benchmark", total, "image")
     w.write("classes.json", json.dumps({"target": TARGET_VOCAB.to_dict(), "source": SOURCE_VOCAB.to_dict(),
                                         "distractors": list(DISTRACTOR_NAMES)}, indent=2, sort_keys=True).encode())
     present: list[set[int]] = []
     for domain, count in (("train", spec.num_train), ("val", spec.num_val), ("ood", spec.num_ood),
                           ("source", spec.num_source)):
-        hashes, shown = _render_domain(spec, root, domain, count)
+        hashes, shown = _render_domain(spec, root, domain, count, bar)
         w.hashes.update(hashes)
         present += shown if domain == "train" else []
 
+    bar.close()
     perm = _split_order(spec, present)
     for n in spec.splits:
         labeled = set(perm[:n].tolist())
@@ -243,13 +251,13 @@ def _write_all(spec: ShapesSpec, root: Path) -> dict:
     return manifest
 
 
-def generate_shapes(spec: ShapesSpec, out_dir: str | Path, overwrite: bool = False) -> dict:
+def generate_shapes(spec: ShapesSpec, out_dir: str | Path, overwrite: bool = False, progress=None) -> dict:
     """Generate the dataset into `out_dir` atomically and return its manifest.
 
     Files are written to a sibling temp folder that is renamed into place at the end, so an interrupted run never
     leaves a folder that looks complete. An existing non-empty `out_dir` is an error unless `overwrite`.
     One process, on purpose: the default spec takes ~20 s, and worker processes would re-import the caller's
-    __main__ (spawn) or copy its Ray/torch threads (fork).
+    __main__ (spawn) or copy its Ray/torch threads (fork). `progress`: a core.progress factory (default silent).
     """
     out_dir = Path(out_dir).expanduser().absolute()
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -258,7 +266,7 @@ def generate_shapes(spec: ShapesSpec, out_dir: str | Path, overwrite: bool = Fal
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        manifest = _write_all(spec, tmp)
+        manifest = _write_all(spec, tmp, progress)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.replace(out_dir, old)  # replaces the empty placeholder `old`
@@ -276,7 +284,7 @@ def default_shapes_root(cache_root: str | Path, spec: ShapesSpec) -> Path:
     return Path(cache_root) / "data" / f"shapes-{spec.digest()}"
 
 
-def ensure_shapes(cache_root: str | Path, spec: ShapesSpec) -> Path:
+def ensure_shapes(cache_root: str | Path, spec: ShapesSpec, progress=None) -> Path:
     """The dataset folder for `spec` under the cache, generated once (a file lock serialises concurrent callers)."""
     root = default_shapes_root(cache_root, spec)
     if (root / "manifest.json").is_file():
@@ -286,7 +294,7 @@ def ensure_shapes(cache_root: str | Path, spec: ShapesSpec) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (root / "manifest.json").is_file():
-                generate_shapes(spec, root, overwrite=True)  # a folder without manifest is a leftover: replace it
+                generate_shapes(spec, root, overwrite=True, progress=progress)  # a folder without manifest is a leftover: replace it
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return root

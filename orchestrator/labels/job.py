@@ -72,12 +72,13 @@ def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
                        masks=tuple(mask for _, _, mask in corpus), label_noise=noise)
 
 
-def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print) -> LabelingOutcome:
-    """Fit the teacher if needed, then label the corpus unless its key is cached. Needs ray.init()."""
+def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print, progress=None) -> LabelingOutcome:
+    """Fit the teacher if needed, then label the corpus unless its key is cached (or its entry is damaged).
+    Needs ray.init(). `progress`: a core.progress factory for the fit's and the labeling's bars (default silent)."""
     from orchestrator.core.label_format import shard_problems
     from orchestrator.labels.pipeline import run_labeling
 
-    ensure_fitted_teacher(cfg, cache_root, dataset_root(cfg, cache_root), log)
+    ensure_fitted_teacher(cfg, cache_root, dataset_root(cfg, cache_root), log, progress)
     job = label_job(cfg, cache_root)
     damage = shard_problems(job.store.root) if job.store.is_complete() else []
     if damage:
@@ -85,4 +86,4 @@ def ensure_labels(cfg: ExperimentConfig, cache_root: Path, log=print) -> Labelin
     if not job.store.is_complete() or damage:
         log(f"labeling {len(job.items)} OOD images with {cfg.teacher.kind} on "
             f"{job.actors} actor(s) → {job.store.root}")
-    return run_labeling(job)
+    return run_labeling(job, progress)

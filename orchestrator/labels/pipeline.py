@@ -8,6 +8,7 @@ that looks complete, and a concurrent request for the same key waits on a lock a
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import shutil
 import time
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.atomic import is_no_space, no_space_error
+from orchestrator.core.console import HARMLESS_RAY_LINES, stderr_without
 from orchestrator.core.label_format import shard_checksums, shard_problems
 from orchestrator.core.masks import encode_png
 from orchestrator.labels.store import LabelStore
-from orchestrator.labels.diagnostics import GT_MAX_IMAGES, OVERLAY_IMAGES
 
 CONF_BINS = 10
 TMP_PREFIX = "."  # temp folders are hidden: `.<key>.tmp-<random>` beside the entries
@@ -136,8 +137,9 @@ class TeacherActor:
         return corrupt_label(label, self.label_noise, self.vocab.num_classes, image_id)
 
 
-def run_labeling(job: LabelingJob) -> LabelingOutcome:
-    """Label the job's corpus unless its key is already stored (then reuse). Needs ray.init()."""
+def run_labeling(job: LabelingJob, progress=None) -> LabelingOutcome:
+    """Label the job's corpus unless its key is already stored (then reuse). Needs ray.init().
+    `progress`: a core.progress factory for the labeling bar (default silent)."""
     start = time.time()
     store = job.store
     with store.lock():
@@ -149,7 +151,7 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
         tmp = store.root.parent / f"{TMP_PREFIX}{store.key}.tmp-{uuid.uuid4().hex[:8]}"
         full = False
         try:
-            manifest = _label_into(job, tmp, start)
+            manifest = _label_into(job, tmp, start, progress)
             if store.root.exists():  # a torn leftover without manifest: replace it
                 shutil.rmtree(store.root)
             tmp.rename(store.root)
@@ -167,15 +169,18 @@ def run_labeling(job: LabelingJob) -> LabelingOutcome:
                            manifest["rejected"], False, time.time() - start)
 
 
-def _label_into(job: LabelingJob, tmp: Path, start: float) -> dict[str, Any]:
+def _label_into(job: LabelingJob, tmp: Path, start: float, progress=None) -> dict[str, Any]:
     """Shards, diagnostics and, last, the manifest, into the temp folder `tmp`."""
-    _write_shards(job, tmp / "shards")
+    from orchestrator.core.progress import silent
+
+    with (progress or silent)(f"labeling on {job.actors} actor(s)", len(job.items), "image") as bar:
+        tally = _write_shards(job, tmp / "shards", bar)
     pipeline_seconds = time.time() - start
-    manifest = _manifest(job, tmp / "shards", pipeline_seconds)
+    manifest = _manifest(job, tally, pipeline_seconds)
     manifest["shards"] = shard_checksums(tmp)   # a reader finds a shard truncated or changed later
     _check_broken_share(job, manifest)  # before committing: a bad corpus must not become a cache hit
     began = time.time()
-    manifest["diagnostics"] = _write_diagnostics(job, tmp, manifest)
+    manifest["diagnostics"] = _write_diagnostics(job, tmp, manifest, tally)
     manifest["timing"] = {"pipeline_seconds": round(pipeline_seconds, 2),
                           "diagnostics_seconds": round(time.time() - began, 2)}
     manifest["seconds"] = round(time.time() - start, 2)
@@ -204,15 +209,21 @@ def num_blocks(images: int, actors: int, batch_size: int) -> int:
     return max(1, min(images, max(4 * actors, min(200, images // max(1, batch_size)))))
 
 
-def _write_shards(job: LabelingJob, out: Path) -> None:
+SHARD_ROWS = 1000   # rows per parquet file the driver writes (a few hundred KiB of PNG bytes)
+
+
+def _dataset(job: LabelingJob):
+    """decode → TeacherActor pool, as a lazy Ray Data dataset (nothing runs until it is iterated)."""
     import ray
 
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False   # the caller shows one bar for the whole job
     rows = [{"image_id": i, "path": p} for i, p in job.items]
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks(len(rows), job.actors, job.batch_size))
     cpus = decode_cpus(ray.cluster_resources().get("CPU", 0.0), job.actors, job.cpus_per_actor)
     if cpus > 0:
         ds = ds.map_batches(decode_batch, batch_size=job.batch_size, num_cpus=cpus)
-    ds = ds.map_batches(
+    return ds.map_batches(
         TeacherActor,
         compute=ray.data.ActorPoolStrategy(size=job.actors),
         fn_constructor_kwargs={"teacher_spec": job.teacher_spec, "vocabulary": job.vocabulary,
@@ -221,30 +232,55 @@ def _write_shards(job: LabelingJob, out: Path) -> None:
         num_cpus=job.cpus_per_actor,
         num_gpus=job.gpus_per_actor,
     )
-    ds.write_parquet(str(out))
 
 
-def _manifest(job: LabelingJob, shards: Path, seconds: float) -> dict[str, Any]:
+def _write_shards(job: LabelingJob, out: Path, bar):
+    """Stream the labeled rows to this process: write them as parquet shards of SHARD_ROWS rows and tally
+    what the manifest and the diagnostics need on the way, in one pass."""
+    from orchestrator.labels.tally import Tally
+
+    names = [c["name"] for c in job.vocabulary["classes"]]
+    tally = Tally.for_items(names, CONF_BINS, [i for i, _ in job.items], _ground_truth_paths(job))
+    out.mkdir(parents=True, exist_ok=True)
+    pending: list[dict] = []
+    batches = iter(_dataset(job).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+    # The actor pool starts with the first batch, and this process's Ray core then flags a harmless detail
+    # of Ray Data's actors in red on stderr (core.console.HARMLESS_RAY_LINES): held back and dropped there.
+    with stderr_without(HARMLESS_RAY_LINES):
+        first = next(batches, None)
+    for batch in itertools.chain([first] if first is not None else [], batches):
+        tally.add(batch)
+        pending.append(batch)
+        bar.update(len(batch["image_id"]))
+        if sum(len(b["image_id"]) for b in pending) >= SHARD_ROWS:
+            _write_shard(pending, out / f"part-{len(list(out.iterdir())):05d}.parquet")
+            pending = []
+    if pending:
+        _write_shard(pending, out / f"part-{len(list(out.iterdir())):05d}.parquet")
+    return tally
+
+
+def _write_shard(batches: list[dict], path: Path) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(shards, columns=["image_id", "error", "class_pixels", "conf_hist", "node"])
-    errors = table.column("error").to_pylist()
-    ids = table.column("image_id").to_pylist()
-    rejected = sorted(({"image_id": i, "error": e} for i, e in zip(ids, errors) if e), key=lambda r: r["image_id"])
-    ok = [k for k, e in enumerate(errors) if not e]
-    pixels = np.array(table.column("class_pixels").to_pylist(), np.int64)[ok].sum(axis=0) if ok else None
-    hist = np.array(table.column("conf_hist").to_pylist(), np.int64)[ok].sum(axis=0) if ok else None
-    names = [c["name"] for c in job.vocabulary["classes"]]
-    share = (pixels / max(1, pixels.sum())).round(5).tolist() if pixels is not None else []
-    return {
-        "key": job.store.key, "key_inputs": job.key_inputs, "images": len(ids), "labeled": len(ok),
-        "rejected": len(rejected), "rejected_images": rejected, "seconds": round(seconds, 2),
-        "teacher_nodes": sorted(set(table.column("node").to_pylist())),
-        "labeled_ids": sorted(ids[k] for k in ok)[:max(OVERLAY_IMAGES, GT_MAX_IMAGES)],  # popped below
-        "diagnostics": {"class_pixel_share": dict(zip(names, share)),
-                        "confidence_histogram": hist.tolist() if hist is not None else [],
-                        "confidence_bins": CONF_BINS},
-    }
+    columns = {"image_id": pa.string(), "label": pa.binary(), "confidence": pa.binary(), "error": pa.string(),
+               "class_pixels": pa.list_(pa.int64()), "conf_hist": pa.list_(pa.int64()), "node": pa.string()}
+    data = {k: [] for k in columns}
+    for batch in batches:
+        for k in columns:
+            values = batch[k]
+            data[k] += [np.asarray(v).tolist() for v in values] if k in ("class_pixels", "conf_hist") else \
+                [v if isinstance(v, bytes) else str(v) for v in values]
+    table = pa.table({k: pa.array(v, type=columns[k]) for k, v in data.items()})
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _manifest(job: LabelingJob, tally, seconds: float) -> dict[str, Any]:
+    return {"key": job.store.key, "key_inputs": job.key_inputs, **tally.manifest_fields(),
+            "seconds": round(seconds, 2)}
 
 
 def _ground_truth_paths(job: LabelingJob) -> dict[str, str]:
@@ -261,45 +297,27 @@ def _ground_truth_paths(job: LabelingJob) -> dict[str, str]:
     return found
 
 
-def _write_diagnostics(job: LabelingJob, entry: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Plots and numbers into `<entry>/diagnostics/`, from a fixed handful of images (overlays) and a bounded
-    slice with ground truth (teacher IoU); reads only those rows back from the shards."""
-    import pyarrow.dataset as pads
-
+def _write_diagnostics(job: LabelingJob, entry: Path, manifest: dict[str, Any], tally) -> dict[str, Any]:
+    """Plots and numbers into `<entry>/diagnostics/`, from what the tally kept while labeling: a fixed handful
+    of images (overlays) and the teacher's IoU on a bounded slice with ground truth."""
     from orchestrator.core.images import SampleError, load_image, load_mask
     from orchestrator.core.masks import decode_png
-    from orchestrator.labels.diagnostics import GroundTruthScore, Sample, write_diagnostics
+    from orchestrator.labels.diagnostics import Sample, write_diagnostics
 
-    labeled = manifest.pop("labeled_ids")
-    names = [c["name"] for c in job.vocabulary["classes"]]
-    masks = _ground_truth_paths(job)
-    overlay_ids = labeled[:OVERLAY_IMAGES]
-    gt_ids = [i for i in labeled if i in masks][:GT_MAX_IMAGES]
-    wanted = sorted(set(overlay_ids) | set(gt_ids))
     paths = dict(job.items)
-    rows = {}
-    if wanted:
-        table = pads.dataset(str(entry / "shards"), format="parquet").to_table(
-            columns=["image_id", "label", "confidence"], filter=pads.field("image_id").isin(wanted))
-        rows = {i: (l, c) for i, l, c in zip(*(table.column(k).to_pylist() for k in table.column_names))}
-    score = GroundTruthScore(len(names)) if gt_ids else None
-    for image_id in gt_ids:
-        try:
-            score.update(image_id, decode_png(rows[image_id][0]), load_mask(masks[image_id]))
-        except SampleError as err:
-            score.skipped.append({"image_id": image_id, "reason": str(err)})
     samples = []
-    for image_id in overlay_ids:
-        label, conf = (decode_png(b) for b in rows[image_id])
+    for image_id in tally.overlay_ids():
+        label, conf = (decode_png(b) for b in tally.kept[image_id])
+        mask = tally.overlay_masks.get(image_id)
         try:
-            gt = load_mask(masks[image_id]) if image_id in masks else None
+            gt = load_mask(mask) if mask else None
         except SampleError:
             gt = None
         samples.append(Sample(image_id, load_image(paths[image_id]), label, conf, gt))
     share = list(manifest["diagnostics"]["class_pixel_share"].values())
-    return write_diagnostics(entry / "diagnostics", names=names, class_pixel_share=share,
+    return write_diagnostics(entry / "diagnostics", names=tally.names, class_pixel_share=share,
                              confidence_histogram=manifest["diagnostics"]["confidence_histogram"],
-                             samples=samples, ground_truth=score)
+                             samples=samples, ground_truth=tally.score)
 
 
 def _check_broken_share(job: LabelingJob, manifest: dict[str, Any]) -> None:

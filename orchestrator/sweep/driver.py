@@ -22,7 +22,8 @@ from orchestrator.core.paths import default_cache_root, default_storage_root, fi
 from orchestrator.sweep.space import SearchSpace, load_space, make_search_alg, resolve_base, to_param_space
 from orchestrator.labels.job import LabelRequest
 from orchestrator.sweep import results
-from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, max_concurrent_trials
+from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, per_trial_cpus, trial_packing
+from orchestrator.sweep.utilization import core_utilization
 from orchestrator.tracking import client as mlflow_runs
 from orchestrator.tracking.session import SweepTracking
 from orchestrator.sweep.sync import write_summary
@@ -124,16 +125,19 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     state, is_new = prepare_state(req, space, storage, name)
     base = state["base"]
     to_label = labeling_configs(space, base)   # validates label-relevant axes before Ray starts
-    console.say(f"sweep '{name}': {space.num_trials()} trial(s) from {space.source}; storage {sweep_dir}")
 
     from orchestrator.preflight import check_shared_folders
     from orchestrator.runtime import init_ray
 
-    console.say(init_ray(quiet=req.quiet, address=req.ray_address))
+    ray_line = init_ray(quiet=req.quiet, address=req.ray_address)
+    packing = _packing(space, base)
+    console.say(f"sweep '{name}': {space.num_trials()} trial(s) from {space.source}, {packing.concurrent} at once: "
+                f"{packing.reason}; storage {sweep_dir}")
+    console.say(ray_line)
     check_shared_folders({"cache": cache, "storage": storage})
     if is_new:
         write_state(state, sweep_dir)
-    label_stores, labeling = prepare_data_and_labels(base, to_label, cache, console.say)
+    label_stores, labeling = prepare_data_and_labels(base, to_label, cache, console.say, console.progress)
 
     tracking = SweepTracking(uri, name, storage, sweep_dir, base, files_root(storage, cache, name))
     tracking.start(resume=req.resume)
@@ -146,9 +150,13 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
         tracking.reconcile()
 
     run = SweepRun(name, space, base, storage, cache, tracking, label_stores, req.resume, req.quiet)
-    grid = _fit_tuner(run, console)
+    console.say(f"{STAGES[3]}: {space.num_trials()} trial(s), {packing.concurrent} at once")
+    usage = _usage_window()
+    grid = _fit_tuner(run, console, packing.concurrent)
+    figures = usage.finish() if usage is not None else {}
     rows = results.rows_from_result_grid(grid, space.swept_keys, space.metric, space.mode,
                                          int(base["train.epochs"]))
+    _log_core_use(run, figures, rows, console)
     seconds = time.time() - started
     line = tracking.finish(lambda: write_summary(uri, parent, rows, space, seconds), console.say)
     _refuse_full_disk(grid, sweep_dir, line)
@@ -168,23 +176,57 @@ def _refuse_full_disk(grid, sweep_dir: str, unlogged: str | None) -> None:
                              "run the same command with --resume")
 
 
-def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]], cache: Path, say
-                            ) -> tuple[dict[LabelRequest, str], list[dict]]:
+STAGES = ("stage 1/4 data", "stage 2/4 teacher", "stage 3/4 labels", "stage 4/4 trials")
+
+
+def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]], cache: Path, say,
+                            progress=None) -> tuple[dict[LabelRequest, str], list[dict]]:
     """Generate the benchmark if needed and label each distinct LabelRequest once, before any trial.
-    Returns the label store of each request (handed to the trials) and the labeling summaries."""
+    Returns the label store of each request (handed to the trials) and the labeling summaries.
+    Says which stage it is in (data, teacher, labels) before each; `progress` (a core.progress factory) shows
+    the long ones."""
     from orchestrator.data.plan import dataset_root
     from orchestrator.labels.job import ensure_labels
+    from orchestrator.teachers.fit_task import ensure_fitted_teacher
 
-    dataset_root(config_from_flat(base), cache)
+    began = time.time()
+    say(f"{STAGES[0]}: the dataset in {cache}")
+    root = dataset_root(config_from_flat(base), cache, progress)
+    say(f"{STAGES[0]}: ready in {time.time() - began:.0f} s ({root})")
     stores, summaries = {}, []
     for flat in to_label:
         cfg = config_from_flat(flat)
-        outcome = ensure_labels(cfg, cache, say)
+        began = time.time()
+        say(f"{STAGES[1]}: {cfg.teacher.kind}")
+        ensure_fitted_teacher(cfg, cache, dataset_root(cfg, cache), say, progress)
+        say(f"{STAGES[1]}: ready in {time.time() - began:.0f} s")
+        say(f"{STAGES[2]}: OOD pseudo-labels")
+        outcome = ensure_labels(cfg, cache, say, progress)
         summary = outcome.summary()
         say(("reused" if outcome.reused else "labeled") + f" OOD pseudo-labels: {json.dumps(summary)}")
         stores[LabelRequest.from_config(cfg)] = outcome.path
         summaries.append(summary)
     return stores, summaries
+
+
+def _packing(space: SearchSpace, base: dict[str, Any]):
+    import ray
+
+    resources = ray.cluster_resources()
+    return trial_packing(space, base, resources.get("CPU", 1), resources.get("GPU", 0))
+
+
+def _usage_window():
+    """The trial phase's core accounting, on a private local Ray (whose processes all run under this one);
+    None when joined to a cluster, whose other nodes /proc here cannot see."""
+    import ray
+
+    from orchestrator.runtime import joined_cluster
+    from orchestrator.sweep.utilization import UsageWindow
+
+    if joined_cluster() or not Path("/proc/stat").is_file():
+        return None
+    return UsageWindow(ray.cluster_resources().get("CPU", 1)).start()
 
 
 def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: list[dict]) -> None:
@@ -211,8 +253,22 @@ def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: li
     mlflow_runs.log_metrics(uri, parent, {"labeling.keys": len(labeling), "labeling.teacher_runs": teacher_runs})
 
 
-def _fit_tuner(run: SweepRun, console: Console):
-    import ray
+def _log_core_use(run: SweepRun, figures: dict[str, float], rows: list, console: Console) -> None:
+    """The trial phase's core figures on the parent run and one line on the console. Beside the busy share
+    (/proc): the share of the cores Ray had reserved for trials (trial seconds × CPUs per trial)."""
+    if not figures:
+        return
+    reserved = sum(r.seconds for r in rows) * per_trial_cpus(run.base)
+    figures["cost.core_reserved_share"] = round(core_utilization(reserved, figures["cost.cores"],
+                                                                 figures["cost.trial_phase_seconds"]), 4)
+    run.tracking.submit("the core figures", lambda: mlflow_runs.log_metrics(run.tracking.uri,
+                                                                            run.tracking.parent_run_id, figures))
+    console.say(f"cores over the trial phase: {figures['cost.core_utilization']:.0%} busy with this sweep's "
+                f"processes, {figures['cost.core_reserved_share']:.0%} reserved for trials; the machine's, "
+                f"every user's: {figures['cost.machine_core_utilization']:.0%} busy")
+
+
+def _fit_tuner(run: SweepRun, console: Console, concurrent: int):
     from ray import tune
 
     from orchestrator.trial import run_trial
@@ -231,7 +287,6 @@ def _fit_tuner(run: SweepRun, console: Console):
     # Save Tune's experiment state often: a crash then loses at most a second of bookkeeping, so a finished
     # trial is not re-run on --resume (the default period adapts upwards from 10 s).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    concurrent = max_concurrent_trials(run.space, run.base, ray.cluster_resources().get("CPU", 1))
     callback = run.tracking.callback(progress=None if run.quiet else _progress_line(run.space))
     tuner = tune.Tuner(
         trainable,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.config import config_from_flat
@@ -48,13 +49,20 @@ def labeling_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str,
     return out
 
 
+# What a trial's Tune function reserves beside its CPUs: it only builds its TorchTrainer and waits on it, so it
+# holds no CPU (a CPU sliver would keep a second one-CPU trial off a 2-CPU machine). Tune needs a non-empty
+# resource request, and memory is a resource every node has: 256 MiB is about what that process uses.
+DRIVER_MEMORY_BYTES = 256 * 1024 ** 2
+
+
 def driver_resources(base: dict[str, Any]) -> dict[str, float]:
-    """What the trial's Tune function holds: a sliver, or a whole worker's share in local mode
-    (`train.num_workers: 0` trains inside that function)."""
+    """What the trial's Tune function holds: memory (and `resources.trial_cpus`, 0 by default), or a whole
+    worker's share in local mode (`train.num_workers: 0` trains inside that function)."""
     custom = {base["resources.trial_resource"]: CUSTOM_SHARE} if base.get("resources.trial_resource") else {}
     if base["train.num_workers"] == 0:
-        return {"CPU": base["resources.cpus_per_worker"], "GPU": base["resources.gpus_per_worker"], **custom}
-    return {"CPU": base["resources.trial_cpus"], **custom}
+        return {"CPU": base["resources.cpus_per_worker"], "GPU": base["resources.gpus_per_worker"],
+                "memory": DRIVER_MEMORY_BYTES, **custom}
+    return {"CPU": base["resources.trial_cpus"], "memory": DRIVER_MEMORY_BYTES, **custom}
 
 
 def per_trial_cpus(base: dict[str, Any]) -> float:
@@ -63,11 +71,46 @@ def per_trial_cpus(base: dict[str, Any]) -> float:
     return driver_resources(base)["CPU"] + workers * base["resources.cpus_per_worker"]
 
 
-def max_concurrent_trials(space: SearchSpace, base: dict[str, Any], cluster_cpus: float) -> int:
-    """As many trials as the cluster's CPUs hold at once (at least 1), unless the space file says."""
+def per_trial_gpus(base: dict[str, Any]) -> float:
+    """GPUs one trial holds (in local mode its Tune function holds the one worker's)."""
+    return max(1, base["train.num_workers"]) * base["resources.gpus_per_worker"]
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How many trials run at once, and the sentence that says why (the sweep's first line)."""
+    concurrent: int
+    reason: str
+
+
+def trial_packing(space: SearchSpace, base: dict[str, Any], cluster_cpus: float, cluster_gpus: float = 0.0
+                  ) -> Packing:
+    """As many trials as the cluster's CPUs (and GPUs) hold at once (at least 1), unless the space file or
+    --max-concurrent says; never more than the sweep has trials."""
+    trials = space.num_trials()
+    workers = base["train.num_workers"]
+    cpus = per_trial_cpus(base)
+    holds = (f"{workers} Train worker(s) × {base['resources.cpus_per_worker']:g} CPU + "
+             f"{driver_resources(base)['CPU']:g} CPU for its Tune function" if workers else
+             f"{cpus:g} CPU for its Tune function, which trains in-process (train.num_workers=0)")
+    fit = int(cluster_cpus // cpus) if cpus > 0 else trials
+    why = f"{cluster_cpus:g} CPU(s) ÷ {cpus:g} CPU per trial ({holds})"
+    gpus = per_trial_gpus(base)
+    if gpus > 0:
+        fit = min(fit, int(cluster_gpus // gpus))
+        why += f", {cluster_gpus:g} GPU(s) ÷ {gpus:g} GPU per trial"
     if space.max_concurrent_trials:
-        return space.max_concurrent_trials
-    return max(1, int(cluster_cpus // per_trial_cpus(base)))
+        return Packing(min(space.max_concurrent_trials, trials),
+                       f"max_concurrent_trials={space.max_concurrent_trials} (the cluster holds {max(1, fit)}: {why})")
+    concurrent = max(1, min(fit, trials))
+    if fit > trials:
+        why += f"; the sweep has only {trials} trial(s)"
+    return Packing(concurrent, why)
+
+
+def max_concurrent_trials(space: SearchSpace, base: dict[str, Any], cluster_cpus: float,
+                          cluster_gpus: float = 0.0) -> int:
+    return trial_packing(space, base, cluster_cpus, cluster_gpus).concurrent
 
 
 def asha_max_t(space: SearchSpace, base: dict[str, Any]) -> int:

@@ -22,7 +22,7 @@ class TextSegTeacher(DenseTeacher):
     def __init__(self, net: TextSegNet, concept_emb: torch.Tensor, owners: torch.Tensor, vocab: Vocabulary,
                  spec: TeacherSpec, fit_info: dict):
         super().__init__(vocab, spec.device, spec.resolution)
-        self.net = net.to(self.device).eval()
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)   # as images_to_tensor lays out
         self.concept_emb = concept_emb.to(self.device)
         self.owners = owners.to(self.device)
         self.fit_info = fit_info  # fitting vocabulary, hyper-parameters, final loss: for logging/diagnostics

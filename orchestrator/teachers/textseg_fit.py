@@ -127,7 +127,9 @@ def _init_net(cfg: FitConfig, prompts: Prompts) -> TextSegNet:
         torch.manual_seed(cfg.seed)
         net = TextSegNet(cfg.embed_dim, cfg.width).train()
     net.whiten_text_adapter(prompts.embeddings)
-    return net
+    # channels_last: the batch arrives in that layout (images_to_tensor permutes NHWC), and convolutions whose
+    # weights match it cost ~10% fewer core-seconds per step on CPU (measured: 0.135 vs 0.147 s, 1 thread)
+    return net.to(memory_format=torch.channels_last)
 
 
 def _sample_batch(images: np.ndarray, masks: np.ndarray, gen: np.random.Generator,
@@ -194,7 +196,7 @@ def fit_textseg(images: np.ndarray, masks: np.ndarray, vocab: Vocabulary, *, con
     final_loss, final_pixel_acc = _train(net, images, masks, prompts, cfg, on_log)
     return {
         "format": CHECKPOINT_FORMAT,
-        "model": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "model": {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()},
         "net": {"embed_dim": cfg.embed_dim, "width": cfg.width},
         "text_tower": prompts.tower_cfg.to_dict(),
         "templates": cfg.templates,
