@@ -34,27 +34,37 @@ def test_progress_prints_a_line_every_few_seconds_when_not_a_terminal():
         quiet.update(5)   # the --quiet stand-in takes the same calls
 
 
-def test_utilization_counts_the_process_tree_from_proc(tmp_path):
-    from orchestrator.sweep.utilization import _TICKS, core_utilization, parse_stat, tree_cpu_seconds
+def test_utilization_follows_the_process_tree_and_keeps_exited_workers(tmp_path):
+    import shutil
 
-    def stat(pid, ppid, ticks, name="python"):
-        (tmp_path / str(pid)).mkdir()
-        fields = ["S", str(ppid)] + ["0"] * 9 + [str(t) for t in ticks] + ["0"] * 30
+    from orchestrator.sweep.utilization import _TICKS, UsageWindow, core_utilization, parse_stat, tree_cpu_times
+
+    def stat(pid, ppid, utime, name="python", start=7):
+        (tmp_path / str(pid)).mkdir(exist_ok=True)
+        fields = ["S", str(ppid)] + ["0"] * 9 + [str(utime), "0", "0", "0"] + ["0"] * 4 + [str(start)] + ["0"] * 20
         (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) " + " ".join(fields))
 
-    stat(10, 1, (100, 50, 20, 10))            # the driver: its own time + reaped children
-    stat(11, 10, (300, 0, 0, 0), "ray::IDLE) x")   # a name with ') ' in it still parses
-    stat(12, 11, (200, 100, 0, 0))            # a worker under the raylet
-    stat(13, 1, (999, 999, 0, 0))             # another user's process: not ours
-    assert parse_stat((tmp_path / "11" / "stat").read_text()) == (10, 300 / _TICKS)
-    assert tree_cpu_seconds(10, str(tmp_path)) == pytest.approx(780 / _TICKS)
+    (tmp_path / "stat").write_text("cpu  100 0 100 800 0 0 0 0 0 0\n")
+    stat(10, 1, 100)                       # the driver
+    stat(11, 10, 300, "ray::IDLE) x")      # the raylet (a name with ') ' in it still parses)
+    stat(13, 1, 999)                       # another user's process: not ours
+    assert parse_stat((tmp_path / "11" / "stat").read_text()) == (10, 7, 300 / _TICKS)
+    window = UsageWindow(cores=2, every=3600, root=10, proc=str(tmp_path)).start()
+    stat(10, 1, 150)
+    stat(12, 11, 200)                      # a Train worker starts during the phase ...
+    window.sample()
+    shutil.rmtree(tmp_path / "12")         # ... and exits: its 200 ticks still count
+    stat(13, 1, 5000)
+    window._stop.set()
+    assert set(tree_cpu_times(10, str(tmp_path))) == {(10, 7), (11, 7)}
+    assert window.busy_seconds() == pytest.approx(250 / _TICKS)
     assert core_utilization(90.0, 2, 50.0) == 0.9 and core_utilization(1.0, 0, 1.0) == 0.0
 
 
 def test_utilization_window_sees_this_process_burn_cpu():
     from orchestrator.sweep.utilization import UsageWindow
 
-    window = UsageWindow(cores=1).start()
+    window = UsageWindow(cores=1, every=0.1).start()
     end = time.process_time() + 0.3
     while time.process_time() < end:   # one core busy for 0.3 s of CPU time
         pass
