@@ -70,6 +70,35 @@ def sqlite_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def crash_after_first_trial(command: list[str], cwd, trial_runs, env: dict | None = None,
+                            pause_s: float = 1.0) -> None:
+    """Start a sweep driver, and SIGKILL it and the Ray it started (its process group), as a crash would, once
+    its first trial has finished and the next one has started. `trial_runs()` lists the sweep's MLflow
+    trial runs."""
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    log_path = Path(cwd) / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            runs = trial_runs()
+            if sum(r.info.status == "FINISHED" for r in runs) >= 1 and len(runs) >= 2:
+                break
+            assert driver.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "the first trial did not finish in time"
+            time.sleep(0.5)
+        time.sleep(pause_s)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
 def _free_port() -> int:
     import socket
 

@@ -2,16 +2,12 @@
 it, finished trials are not re-run, and MLflow holds exactly one child run per trial."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import TINY, crash_after_first_trial
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
@@ -40,22 +36,8 @@ def test_killed_sweep_resumes_without_duplicates(ray_session, shared_cache, tmp_
     sets = [f"--set={k}={v}" for k, v in TINY.items()] + ["--set=train.epochs=3"]
     common = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--cache", str(shared_cache),
               "--tracking-uri", sqlite_uri, "--max-concurrent", "1", *sets]
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", *common], cwd=tmp_path,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:  # kill once the first trial has finished and the next one has started
-            _, runs = trial_runs(sqlite_uri)
-            if sum(r.info.status == "FINISHED" for r in runs) >= 1 and len(runs) >= 2:
-                break
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.time() < deadline, "the first trial did not finish in time"
-            time.sleep(0.5)
-        time.sleep(2)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)   # the driver and the Ray it started, as a crash would
-        driver.wait()
+    crash_after_first_trial([sys.executable, str(ROOT / "run.py"), "sweep", *common], tmp_path,
+                            lambda: trial_runs(sqlite_uri)[1], pause_s=2)
     client, before = trial_runs(sqlite_uri)
     finished = [r for r in before if r.info.status == "FINISHED"]
     assert 1 <= len(finished) < 3          # killed part-way: some trials done, not all

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, _free_port
+from tests.conftest import TINY, _free_port, crash_after_first_trial
 
 ROOT = Path(__file__).parent.parent
 BUCKET = "semiovs-test"
@@ -165,22 +165,7 @@ def test_a_sweep_in_a_bucket_resumes_from_it_and_its_artifacts_land_there(
                "--max-concurrent", "1", *sets]
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}
     env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:   # a crash once the first trial has finished and the second has started
-            _, runs = _trial_runs(uri)
-            if sum(r.info.status == "FINISHED" for r in runs) >= 1 and len(runs) >= 2:
-                break
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.time() < deadline, "the first trial did not finish in time"
-            time.sleep(0.5)
-        time.sleep(1)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)   # the driver and the Ray it started
-        driver.wait()
+    crash_after_first_trial(command, tmp_path, lambda: _trial_runs(uri)[1], env)
     assert _keys(s3_endpoint, "sweeps/in_a_bucket/sweep.json")          # the state is in the bucket only
     assert not list(tmp_path.glob("**/sweep.json"))
 
