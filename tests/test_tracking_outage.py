@@ -148,7 +148,9 @@ def test_sweeps_survive_tracking_outages_and_sync_fills_the_rest(ray_session, sh
         assert command.startswith("python run.py sync --name down ")
         server.start()
         _, _, steps, _ = runs_of(server, "down")
-        assert len(steps) == 1 and list(steps.values())[0] in ([], [1])  # at most epoch 1 before the kill
+        # the epochs logged before the kill: a strict prefix (under load the trial can finish epoch 2 between
+        # Tune storing epoch 1 and the kill)
+        assert len(steps) == 1 and list(steps.values())[0] in ([], [1], [1, 2]), steps
         assert main(command.split()[2:]) == 0                             # python run.py sync ...
         assert "1 trial(s), 3 epoch(s) in Tune's storage" in capsys.readouterr().out
         client, trials, steps, parents = runs_of(server, "down")
