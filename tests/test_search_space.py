@@ -168,7 +168,7 @@ def test_optuna_search_runs_under_asha_in_tune(ray_session, tmp_path):
 
     def objective(config):
         for epoch in range(1, 4):   # a lower lr scores better; the seeded second draw is worse: ASHA stops it
-            tune.report({"val_miou": epoch - 100 * config["train.lr"]})
+            tune.report({"epoch": epoch, "val_miou": epoch - 100 * config["train.lr"]})   # ASHA counts epochs
 
     tuner = tune.Tuner(objective, param_space=to_param_space(space),
                        tune_config=_tune_config(space, flatten(build_config()), 1),

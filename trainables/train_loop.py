@@ -73,6 +73,10 @@ class RunState:
     best: float = 0.0
     snapshots: list = field(default_factory=list)   # PrevMatch: frozen past best models
     new_best: bool = False                          # did the last epoch set a new best?
+    # The report of the checkpoint's epoch, sent again after a restart: if the node that ran the trial's
+    # Tune function died after Train stored the checkpoint but before Tune got the report, that epoch
+    # would otherwise never reach Tune or MLflow (MLflow logs each epoch once, so a repeat is skipped).
+    last_report: dict = field(default_factory=dict)
 
 
 def step_plan(cfg: ExperimentConfig, steps: int) -> StepPlan:
@@ -146,6 +150,8 @@ def train_epochs(trial: TrialInput, ctx: WorkerContext, runner: EpochRunner, sta
     resumed_from = state.epoch
     if ctx.is_main and trial.files_dir:   # again after every restart: a restarted worker may run elsewhere
         record_nodes(trial, ctx)
+    if state.last_report:
+        ctx.report(state.last_report, None)
     while state.epoch < cfg.train.epochs:
         started = time.time()
         guide = None
@@ -176,7 +182,7 @@ def train_epochs(trial: TrialInput, ctx: WorkerContext, runner: EpochRunner, sta
                 write_epoch_files(trial, state.epoch, ev, broken)
             except Exception as err:  # a picture that cannot be drawn or written must not stop training
                 print(f"warning: no evaluation pictures for epoch {state.epoch}: {err!r}", file=sys.stderr, flush=True)
-        ctx.report(metrics, checkpoint_dict(runner, state, flat) if ctx.is_main else None)
+        ctx.report(metrics, checkpoint_dict(runner, state, flat, metrics) if ctx.is_main else None)
 
 
 def restore_state(ctx: WorkerContext, flat: dict[str, Any], model: torch.nn.Module,
@@ -189,17 +195,35 @@ def restore_state(ctx: WorkerContext, flat: dict[str, Any], model: torch.nn.Modu
     unwrap(model).load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     return RunState(saved["epoch"], saved["step"], saved["best_val_miou"],
-                    restore_snapshots(saved.get("prev_models", []), unwrap(model)), saved.get("prev_new_best", False))
+                    restore_snapshots(saved.get("prev_models", []), unwrap(model)), saved.get("prev_new_best", False),
+                    saved.get("metrics", {}))
 
 
-def checkpoint_dict(runner: EpochRunner, state: RunState, flat: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_dict(runner: EpochRunner, state: RunState, flat: dict[str, Any],
+                    metrics: dict[str, Any]) -> dict[str, Any]:
     checkpoint = {"model": unwrap(runner.model).state_dict(), "optimizer": runner.optimizer.state_dict(),
-                  "epoch": state.epoch, "step": state.step, "best_val_miou": state.best, "config": flat}
+                  "epoch": state.epoch, "step": state.step, "best_val_miou": state.best, "config": flat,
+                  "metrics": plain_numbers(metrics)}
     if runner.cfg.train.prevmatch:
         # Costly: every snapshot is a full set of weights, so a checkpoint grows to (1 + prev_max_models)
         # models, e.g. ~9 × 240 MB for DeepLabV3+ R101 (and Tune keeps two checkpoints per trial).
         checkpoint.update(prev_models=snapshot_states(state.snapshots), prev_new_best=state.new_best)
     return checkpoint
+
+
+def plain_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics as Python numbers and strings: what `torch.load(weights_only=True)` reads back."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, (bool, np.bool_)):
+            out[key] = bool(value)
+        elif isinstance(value, (int, np.integer)):
+            out[key] = int(value)
+        elif isinstance(value, (float, np.floating)):
+            out[key] = float(value)
+        elif isinstance(value, str):
+            out[key] = value
+    return out
 
 
 def write_epoch_files(trial: TrialInput, epoch: int, ev: "Evaluation", broken: BrokenSamples) -> None:

@@ -309,7 +309,8 @@ def _tune_config(space: SearchSpace, base: dict[str, Any], concurrent: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if space.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=asha_max_t(space, base),
+        # "epoch", not Tune's result count: a restarted trial reports its checkpoint's epoch again
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=asha_max_t(space, base),
                                   grace_period=space.scheduler.grace_period,
                                   reduction_factor=space.scheduler.reduction_factor)
     else:

@@ -114,5 +114,5 @@ def max_concurrent_trials(space: SearchSpace, base: dict[str, Any], cluster_cpus
 
 
 def asha_max_t(space: SearchSpace, base: dict[str, Any]) -> int:
-    """ASHA's horizon in epochs (one Tune result per epoch); defaults to train.epochs."""
+    """ASHA's horizon in epochs (its time attribute is the reported `epoch`); defaults to train.epochs."""
     return space.scheduler.max_t or int(base["train.epochs"])
