@@ -25,10 +25,19 @@ from pathlib import Path
 RAY = str(Path(sys.executable).parent / "ray")
 # `ray start` clusters use token authentication, which the CLI clients must be told about.
 CLUSTER_ENV = {"RAY_AUTH_MODE": "token"}
+# The head's GCS checks each node every second instead of every 3 s (5 failed checks mark a node dead, as
+# by default): a killed node is noticed in ~5 s instead of ~15 s, which the node-loss tests wait out.
+HEAD_ENV = {"RAY_health_check_period_ms": "1000"}
 # Ray swaps the literal 127.0.0.1 for the machine's outward address; other loopback addresses it keeps. So
 # each node gets its own loopback address (as separate machines have their own), and all the cluster's
-# traffic stays on loopback.
-HEAD_IP = "127.0.0.2"
+# traffic stays on loopback. Each cluster has its own /24 of loopback addresses (see make_cluster).
+
+
+def loopback_subnet() -> str:
+    """`127.0.<k>.`: a range of its own for each pytest-xdist worker (gw0 → k = 10, …), so that clusters
+    started by tests running at the same time never share an address; `127.0.0.` outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return f"127.0.{10 + int(worker[2:])}." if worker.startswith("gw") and worker[2:].isdigit() else "127.0.0."
 
 
 def unshare_available() -> str | None:
@@ -47,12 +56,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class NodeExited(RuntimeError):
+    """A node's `ray start` process ended while the cluster waited for something."""
+
+
 @dataclass
 class Node:
     name: str
     proc: subprocess.Popen
     log: Path
     ip: str
+    resource: str = ""   # the custom resource a worker node carries
 
     def raylet_pid(self) -> int | None:
         """The node's raylet (a child of `ray start --block`, inside the namespace's shell for workers)."""
@@ -75,14 +89,19 @@ class Node:
 class LocalCluster:
     root: Path                       # short path: Ray's socket paths must stay under 108 characters
     project: Path                    # the folder jobs are submitted from (its .semiovs is hidden on workers)
+    subnet: str = "127.0.0."         # node addresses: the head is <subnet>2, worker nodes <subnet>3, …
     port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     nodes: dict[str, Node] = field(default_factory=dict)
     killed: list[Node] = field(default_factory=list)   # nodes whose raylet a test killed (stopped at the end)
 
     @property
+    def head_ip(self) -> str:
+        return f"{self.subnet}2"
+
+    @property
     def address(self) -> str:
-        return f"{HEAD_IP}:{self.port}"
+        return f"{self.head_ip}:{self.port}"
 
     @property
     def dashboard(self) -> str:
@@ -95,28 +114,40 @@ class LocalCluster:
     def start_head(self) -> None:
         self.shared.mkdir(parents=True, exist_ok=True)
         (self.project / ".semiovs").mkdir(parents=True, exist_ok=True)
-        self._start("head", HEAD_IP, [RAY, "start", "--head", "--block", "--num-cpus=0", f"--node-ip-address={HEAD_IP}",
-                             f"--port={self.port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={self.dashboard_port}", f"--temp-dir={self.root / 'h'}",
-                             *own_agent_ports(), "--disable-usage-stats"])
+        self._start("head", self.head_ip, [
+            RAY, "start", "--head", "--block", "--num-cpus=0", f"--node-ip-address={self.head_ip}",
+            f"--port={self.port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}", f"--temp-dir={self.root / 'h'}", *own_agent_ports(),
+            "--disable-usage-stats"], extra_env=HEAD_ENV)
         self.wait_until(lambda: len(self.alive()) >= 1, "the head node")
 
     def add_worker(self, name: str, cpus: int = 1, resource: str | None = None) -> Node:
         """A worker node with the custom resource `resource` (default: its name)."""
         hidden = [self.root / "h", self.project / ".semiovs"]
         mounts = " && ".join(f"mount -t tmpfs tmpfs {p}" for p in hidden)
-        node_ip = f"127.0.0.{3 + len(self.nodes) + len(self.killed)}"   # each node its own loopback address
+        node_ip = f"{self.subnet}{2 + len(self.nodes) + len(self.killed)}"   # each node its own loopback address
         start = [RAY, "start", "--block", f"--address={self.address}", f"--num-cpus={cpus}",
                  f"--node-ip-address={node_ip}", f"--temp-dir={self.root / name}",
                  f"--resources={json.dumps({resource or name: 1})}", *own_agent_ports(), "--disable-usage-stats"]
         shell = f"{mounts} && exec {' '.join(_quote(a) for a in start)}"
-        node = self._start(name, node_ip, ["unshare", "-m", "--propagation", "private", "sh", "-c", shell])
-        self.wait_until(lambda: any(n["node_ip"] == node_ip for n in self.alive()), f"node {name} to join")
-        return node
+        for attempt in range(3):
+            node = self._start(name, node_ip, ["unshare", "-m", "--propagation", "private", "sh", "-c", shell])
+            node.resource = resource or name
+            try:
+                self.wait_until(lambda: any(n["node_ip"] == node_ip for n in self.alive()), f"node {name} to join")
+                return node
+            except NodeExited:
+                # `ray start` gives its raylet a fixed 30 s to register with the GCS; on 2 busy cores that
+                # can pass ("timed out during startup"). A real cluster's node would be started again too.
+                if attempt == 2 or "timed out during startup" not in node.log.read_text():
+                    raise
+                self.nodes.pop(name)
+                _stop_group(node.proc)
+        raise AssertionError("unreachable")
 
-    def _start(self, name: str, ip: str, cmd: list[str]) -> Node:
+    def _start(self, name: str, ip: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> Node:
         log = self.root / f"{name}.log"
-        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **CLUSTER_ENV}
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **CLUSTER_ENV, **(extra_env or {})}
         proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)   # its own process group: stopped as one
         self.nodes[name] = Node(name, proc, log, ip)
@@ -136,7 +167,7 @@ class LocalCluster:
         while time.time() < deadline:
             dead = [n for n in self.nodes.values() if n.proc.poll() is not None]
             if dead:
-                raise RuntimeError(f"ray node {dead[0].name} exited: {dead[0].log.read_text()[-2000:]}")
+                raise NodeExited(f"ray node {dead[0].name} exited: {dead[0].log.read_text()[-2000:]}")
             if ready():
                 return
             time.sleep(1.0)
@@ -205,4 +236,5 @@ def _quote(arg: str) -> str:
 
 
 def make_cluster(project: Path) -> LocalCluster:
-    return LocalCluster(root=Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")), project=project)
+    return LocalCluster(root=Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")), project=project,
+                        subnet=loopback_subnet())

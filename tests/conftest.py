@@ -12,6 +12,18 @@ TINY = {
 }
 
 
+# The files that take minutes, longest first (as measured here). pytest-xdist hands out whole files in
+# collection order (pyproject: --dist loadfile --no-loadscope-reorder), so these start first, side by side,
+# and the many quick files fill in around them.
+LONG_FILES = ("test_cluster.py", "test_e2e_sweep.py", "test_tracking_outage.py", "test_slurm.py", "test_s3_storage.py",
+              "test_resume.py", "test_labeling.py", "test_integrity.py", "test_disk_full.py", "test_ddp.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))   # stable: the rest keep their order
+
+
 @pytest.fixture(scope="module")
 def torch_one_thread():
     """Intra-op threads stall badly when the 2 cores are shared with other processes; 1 thread is fastest."""
