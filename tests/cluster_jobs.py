@@ -1,15 +1,13 @@
 """Jobs on the local multi-node cluster (tests/cluster.py), submitted as README tells cluster users
 (`ray job submit --working-dir . -- python run.py …`), and what the node-loss tests assert of them.
 
-The test files that use it: tests/test_cluster*.py (one cluster each, so that pytest-xdist runs them at
-the same time).
+Used by tests/test_cluster.py.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import time
-from pathlib import Path
 
 from tests.cluster import RAY
 
@@ -28,12 +26,8 @@ def shared_paths(cluster, name: str) -> list[str]:
             "--tracking-uri", f"sqlite:///{shared / 'mlflow.db'}", "--name", name]
 
 
-def submit(cluster, *run_args: str, wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    return cluster.submit(*run_args, wait=wait, timeout=timeout)
-
-
 def submit_no_wait(cluster, *run_args: str) -> str:
-    out = submit(cluster, *run_args, wait=False, timeout=120)
+    out = cluster.submit(*run_args, wait=False, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     return next(line.split("'")[1] for line in (out.stdout + out.stderr).splitlines() if "submitted successfully" in line)
 
@@ -59,19 +53,6 @@ def job_status(cluster, job_id: str) -> str | None:
                          capture_output=True, text=True, env=cluster.env())
     said = out.stdout.lower()   # "Job '…' succeeded", "… failed", "… was stopped"; else still running
     return next((s.upper() for s in ("succeeded", "failed", "stopped") if f"' {s}" in said or f"was {s}" in said), None)
-
-
-def wait_for(cluster, job_id: str, folder: Path, pattern: str, timeout: float = 300) -> Path:
-    """The first file matching `pattern` under `folder`, while the job still runs."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = sorted(folder.glob(pattern))
-        if found:
-            return found[0]
-        if job_status(cluster, job_id):
-            raise AssertionError(f"job ended before {pattern} appeared: {wait_for_job(cluster, job_id)[1][-3000:]}")
-        time.sleep(1)
-    raise TimeoutError(f"nothing matched {folder / pattern} in {timeout:.0f} s")
 
 
 def wait_for_epoch(cluster, job_id: str, name: str, epoch: int, timeout: float = 300) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import RAY
-from tests.cluster_jobs import (TINY_DATA, a_trial_survives_the_loss_of_its_nodes, job_logs, sets, submit,
+from tests.cluster_jobs import (TINY_DATA, a_trial_survives_the_loss_of_its_nodes, job_logs, sets,
                                 submit_no_wait, wait_for_job)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 def test_a_cache_only_the_head_sees_is_named_with_the_node_and_the_fix(local_cluster):
     started = time.time()
-    out = submit(local_cluster, "sweep", "--space", "search_spaces/smoke.yaml", "--name", "head_only", timeout=300)
+    out = local_cluster.submit("sweep", "--space", "search_spaces/smoke.yaml", "--name", "head_only", timeout=300)
     log = out.stdout + out.stderr
     assert out.returncode != 0
     assert "error: the cache folder " in log and f"/.semiovs/cache is not visible from Ray node {local_cluster.subnet}" in log

@@ -212,18 +212,8 @@ def checkpoint_dict(runner: EpochRunner, state: RunState, flat: dict[str, Any],
 
 
 def plain_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The metrics as Python numbers and strings: what `torch.load(weights_only=True)` reads back."""
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, (bool, np.bool_)):
-            out[key] = bool(value)
-        elif isinstance(value, (int, np.integer)):
-            out[key] = int(value)
-        elif isinstance(value, (float, np.floating)):
-            out[key] = float(value)
-        elif isinstance(value, str):
-            out[key] = value
-    return out
+    """The metrics with numpy scalars as Python numbers: what `torch.load(weights_only=True)` reads back."""
+    return {key: value.item() if isinstance(value, np.generic) else value for key, value in metrics.items()}
 
 
 def write_epoch_files(trial: TrialInput, epoch: int, ev: "Evaluation", broken: BrokenSamples) -> None:
