@@ -19,6 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +57,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Dashboard:
+    """The head's HTTP API (the one behind `ray job status` and `ray list`), called from the test process:
+    each `ray` CLI call costs ~2 CPU-seconds, which polling every second takes from the tests' 2 cores."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def _get(self, path: str, **params) -> dict:
+        # `ray start` clusters here use token authentication; the token is where Ray's own clients look.
+        token = os.environ.get("RAY_AUTH_TOKEN") or Path(
+            os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").read_text().strip()
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        request = urllib.request.Request(self.url + path + query, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def job_status(self, job_id: str) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        return self._get(f"/api/jobs/{job_id}")["status"]
+
+    def job_logs(self, job_id: str) -> str:
+        return self._get(f"/api/jobs/{job_id}/logs")["logs"]
+
+    def alive(self, kind: str) -> list[dict]:
+        """The alive `nodes` or `actors`, with details, as `ray list <kind> --detail` shows them; none while
+        the dashboard is not up yet."""
+        try:
+            reply = self._get(f"/api/v0/{kind}", detail="true", limit=1000, filter_keys="state",
+                              filter_predicates="=", filter_values="ALIVE")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return []
+        return reply["data"]["result"]["result"]
 
 
 class NodeExited(RuntimeError):
@@ -153,14 +190,13 @@ class LocalCluster:
         self.nodes[name] = Node(name, proc, log, ip)
         return self.nodes[name]
 
+    @property
+    def api(self) -> Dashboard:
+        return Dashboard(self.dashboard)
+
     def alive(self) -> list[dict]:
-        """The cluster's alive nodes, as `ray list nodes` reports them."""
-        out = subprocess.run([RAY, "list", "nodes", f"--address={self.address}", "--format=json", "--detail",
-                              "--filter", "state=ALIVE"], capture_output=True, text=True, env=self.env())
-        try:
-            return json.loads(out.stdout)
-        except json.JSONDecodeError:
-            return []
+        """The cluster's alive nodes."""
+        return self.api.alive("nodes")
 
     def wait_until(self, ready, what: str, timeout_s: float = 90.0) -> None:
         deadline = time.time() + timeout_s
@@ -205,8 +241,9 @@ class LocalCluster:
         os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        for node in self.killed + list(reversed(list(self.nodes.values()))):   # workers first, the head last
-            _stop_group(node.proc)
+        workers = self.killed + [node for node in self.nodes.values() if node.name != "head"]
+        _stop_groups([node.proc for node in workers])                     # together: each may take seconds
+        _stop_groups([node.proc for node in self.nodes.values() if node.name == "head"])   # the head last
         self.nodes.clear()
         self.killed.clear()
 
@@ -217,18 +254,28 @@ def own_agent_ports() -> list[str]:
     return [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
-    """SIGTERM the node's process group (ray start --block stops its node's processes), then SIGKILL."""
+def _stop_group(proc: subprocess.Popen) -> None:
+    _stop_groups([proc])
+
+
+def _stop_groups(procs: list[subprocess.Popen], grace_s: float = 15.0) -> None:
+    """SIGTERM each node's process group (ray start --block stops its node's processes), then SIGKILL those
+    still there after the grace period."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        procs = [proc for proc in procs if proc.poll() is None]
+        if not procs:
             return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _quote(arg: str) -> str:

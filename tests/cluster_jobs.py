@@ -6,10 +6,8 @@ Used by tests/test_cluster.py.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
-from tests.cluster import RAY
 
 # The tiny benchmark of the other end-to-end tests (tests/conftest.py's TINY): the cluster path, in seconds.
 TINY_DATA = {"data.num_train": 150, "data.num_val": 40, "data.num_ood": 120, "data.num_source": 120,
@@ -33,8 +31,7 @@ def submit_no_wait(cluster, *run_args: str) -> str:
 
 
 def job_logs(cluster, job_id: str) -> str:
-    return subprocess.run([RAY, "job", "logs", f"--address={cluster.dashboard}", job_id],
-                          capture_output=True, text=True, env=cluster.env()).stdout
+    return cluster.api.job_logs(job_id)
 
 
 def wait_for_job(cluster, job_id: str, timeout: float = 300) -> tuple[str, str]:
@@ -49,10 +46,9 @@ def wait_for_job(cluster, job_id: str, timeout: float = 300) -> tuple[str, str]:
 
 
 def job_status(cluster, job_id: str) -> str | None:
-    out = subprocess.run([RAY, "job", "status", f"--address={cluster.dashboard}", job_id],
-                         capture_output=True, text=True, env=cluster.env())
-    said = out.stdout.lower()   # "Job '…' succeeded", "… failed", "… was stopped"; else still running
-    return next((s.upper() for s in ("succeeded", "failed", "stopped") if f"' {s}" in said or f"was {s}" in said), None)
+    """The job's final status, or None while it is pending or running."""
+    status = cluster.api.job_status(job_id)
+    return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
 
 def wait_for_epoch(cluster, job_id: str, name: str, epoch: int, timeout: float = 300) -> None:

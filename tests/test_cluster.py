@@ -7,13 +7,11 @@ Jobs are submitted as README tells cluster users (tests/cluster_jobs.py); the cl
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import RAY
 from tests.cluster_jobs import (TINY_DATA, a_trial_survives_the_loss_of_its_nodes, job_logs, sets,
                                 submit_no_wait, wait_for_job)
 
@@ -58,10 +56,7 @@ def test_labeling_survives_the_loss_of_the_teacher_actors_node(local_cluster):
     actor_node = None
     deadline = time.time() + 300
     while actor_node is None and time.time() < deadline:
-        out = subprocess.run([RAY, "list", "actors", f"--address={local_cluster.address}", "--format=json",
-                              "--filter", "state=ALIVE", "--detail"], capture_output=True, text=True,
-                             env=local_cluster.env())
-        actors = [a for a in json.loads(out.stdout or "[]") if "TeacherActor" in a.get("class_name", "")
+        actors = [a for a in local_cluster.api.alive("actors") if "TeacherActor" in a.get("class_name", "")
                   or "MapBatches(TeacherActor)" in json.dumps(a.get("repr_name", ""))]
         if actors and labeled_so_far(job_logs(local_cluster, job)) > 0:   # labeling is under way
             actor_node = local_cluster.node_named_by(actors[0]["node_id"])

@@ -120,12 +120,12 @@ def test_a_worker_node_joins_the_head_and_leaves_nothing_when_its_step_is_stoppe
         until(lambda: "Ray runtime started." in (root / "head.log").read_text(), 180, "the head to start")
         worker = subprocess.Popen([sys.executable, "-m", "slurm.launch", "worker", "--address", address,
                                    "--dashboard", dashboard], cwd=ROOT, env=worker_env)
-        until(lambda: alive_nodes(address, head_env) == 2, 240, "the worker node to join")
+        until(lambda: alive_nodes(address, head_env) == 2, 240, "the worker node to join", every_s=4)
         assert procs.marked_pids(plan.MARKER, str(worker_dir))       # its Ray carries the worker's own marker
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
         assert not procs.marked_pids(plan.MARKER, str(worker_dir)) and not worker_dir.exists()
-        until(lambda: alive_nodes(address, head_env) == 1, 120, "the head to see the worker node leave")
+        until(lambda: alive_nodes(address, head_env) == 1, 120, "the head to see the worker node leave", every_s=4)
         assert head.poll() is None                                   # the head is untouched
     finally:
         procs.stop_child(worker, 30)
@@ -134,11 +134,12 @@ def test_a_worker_node_joins_the_head_and_leaves_nothing_when_its_step_is_stoppe
         shutil.rmtree(root, ignore_errors=True)
 
 
-def until(ready, timeout_s: float, what: str) -> None:
+def until(ready, timeout_s: float, what: str, every_s: float = 1.0) -> None:
+    """`every_s`: a `ray list` call (alive_nodes) costs ~2 CPU-seconds, so those are asked less often."""
     deadline = time.monotonic() + timeout_s
     while not ready():
         assert time.monotonic() < deadline, f"waited {timeout_s:.0f} s for {what}"
-        time.sleep(1)
+        time.sleep(every_s)
 
 
 # ---- a real one-node Slurm --------------------------------------------------------------------------------
