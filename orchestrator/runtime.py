@@ -58,6 +58,12 @@ def choose_target(flag: str | None, env: Mapping[str, str]) -> RayTarget:
     return RayTarget("local", "no --ray-address or RAY_ADDRESS")
 
 
+# On a private one-node instance Ray Train's preemption watcher (an actor per trial that polls the nodes for
+# a spot-instance drain notice) has nothing to watch: the only node is this machine. Off, each trial starts
+# one process fewer (~2 CPU-seconds). Clusters keep it.
+LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def init_ray(quiet: bool = False, num_cpus: int | None = None, address: str | None = None) -> str:
     """Start or join Ray (once per process); returns one line naming the Ray, its nodes, CPUs and GPUs."""
     quiet_harmless_ray_lines()
@@ -72,7 +78,8 @@ def init_ray(quiet: bool = False, num_cpus: int | None = None, address: str | No
             local_worker_priority()
             port = _free_port()
             ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
-                     runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}, **kwargs)
+                     runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                                               **LOCAL_ONLY_ENV}}, **kwargs)
         global _TARGET
         _TARGET = target
     return describe_ray()

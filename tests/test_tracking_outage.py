@@ -1,7 +1,7 @@
 """The tracking server goes away during a sweep: nothing is lost and training does not wait for it.
 
 Two sweeps against a real `mlflow server` on loopback, restarted on the same sqlite store:
-  1. killed after the first trial's first epoch and back 30 s later: the sweep exits normally, and MLflow
+  1. killed after the first trial's first epoch and back 15 s later: the sweep exits normally, and MLflow
      holds every epoch of every trial once, one child run per trial, the parent run FINISHED;
   2. killed after the trial's first epoch and kept down until the sweep ends: the sweep still finishes its
      trial and returns one line saying what MLflow lacks and the sync command; `run.py sync` afterwards
@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import TINY, _free_port
 
 pytestmark = pytest.mark.e2e
-OUTAGE_S = 30
+OUTAGE_S = 15
 
 SPACE = """
 name: outage
@@ -127,15 +127,15 @@ def test_sweeps_survive_tracking_outages_and_sync_fills_the_rest(ray_session, sh
     server = Server(tmp_path)
     server.start()
     try:
-        # 1. back after 30 s (a slow server start here can take long: the sweep's end waits for it)
+        # 1. back after 15 s (a slow server start here can take long: the sweep's end waits for it)
         monkeypatch.setenv("SEMIOVS_MLFLOW_GRACE_S", "180")
-        out, events = sweep_with_outage("restart", 2, 3, server, tmp_path, shared_cache, back_after=OUTAGE_S)
+        out, events = sweep_with_outage("restart", 2, 2, server, tmp_path, shared_cache, back_after=OUTAGE_S)
         print(f"sweep with a {OUTAGE_S} s outage: {events['seconds']:.0f} s; server back "
               f"{events['back'] - events['killed']:.0f} s after the kill", file=sys.stderr)
         assert out.unlogged is None
         _, trials, steps, parents = runs_of(server, "restart")
         assert len(trials) == 2 and len(steps) == 2                       # one child run per trial
-        assert all(s == [1, 2, 3] for s in steps.values()), steps         # every epoch, exactly once
+        assert all(s == [1, 2] for s in steps.values()), steps            # every epoch, exactly once
         assert all(r.info.status == "FINISHED" for r in trials)
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
