@@ -241,7 +241,8 @@ class LocalCluster:
         os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        workers = self.killed + [node for node in self.nodes.values() if node.name != "head"]
+        _stop_groups([node.proc for node in self.killed], grace_s=0)      # dead machines: nothing to wait for
+        workers = [node for node in self.nodes.values() if node.name != "head"]
         _stop_groups([node.proc for node in workers])                     # together: each may take seconds
         _stop_groups([node.proc for node in self.nodes.values() if node.name == "head"])   # the head last
         self.nodes.clear()
