@@ -127,13 +127,15 @@ def mlflow_server(tmp_path_factory):
     import time
     import urllib.request
 
+    from orchestrator.tracking.client import SERVER_ENV
+
     folder = tmp_path_factory.mktemp("mlflow_server")
     port = _free_port()
     log = open(folder / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--default-artifact-root", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **SERVER_ENV})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:

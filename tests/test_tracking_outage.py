@@ -9,6 +9,7 @@ Two sweeps against a real `mlflow server` on loopback, restarted on the same sql
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.tracking.client import SERVER_ENV
 from tests.conftest import TINY, _free_port
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +46,7 @@ class Server:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
              "--default-artifact-root", (self.folder / "artifacts").as_uri(), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, env={**os.environ, **SERVER_ENV})
         deadline = time.time() + 300   # an mlflow server takes 5 s to start here when idle, 2 min under load
         while True:
             try:
@@ -56,7 +58,6 @@ class Server:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            import os
             import signal
 
             os.killpg(self.proc.pid, signal.SIGKILL)   # the server and its uvicorn worker, as a crash would

@@ -21,6 +21,9 @@ ROLE_RUN = "run"                 # `run.py train`: a single run, no sweep
 BROKEN_LIST = "broken_samples.txt"
 NODES_FILE = "nodes.json"
 EPOCH_MARKER = "val_miou"        # every epoch's report has it: its steps say which epochs a run holds
+# For an `mlflow server` that shows runs: MLflow 3's server otherwise also starts its job runner (for GenAI
+# jobs this project never submits), 8 more processes and ~25 CPU-seconds at every start.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 # Keys Tune adds to every result; they are bookkeeping, not measurements.
 TUNE_AUTO_KEYS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
