@@ -259,7 +259,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
     _stop_groups([proc])
 
 
-def _stop_groups(procs: list[subprocess.Popen], grace_s: float = 15.0) -> None:
+def _stop_groups(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
     """SIGTERM each node's process group (ray start --block stops its node's processes), then SIGKILL those
     still there after the grace period."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
