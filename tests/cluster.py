@@ -179,7 +179,7 @@ class LocalCluster:
                 if attempt == 2 or "timed out during startup" not in node.log.read_text():
                     raise
                 self.nodes.pop(name)
-                _stop_group(node.proc)
+                _stop_groups([node.proc])
         raise AssertionError("unreachable")
 
     def _start(self, name: str, ip: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> Node:
@@ -253,10 +253,6 @@ def own_agent_ports() -> list[str]:
     """Ports of a node's agents that default to fixed numbers: another Ray on the machine (the test session's)
     holds those, and a head without its dashboard agent accepts no job ("No available agent")."""
     return [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    _stop_groups([proc])
 
 
 def _stop_groups(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
