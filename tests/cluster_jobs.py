@@ -30,19 +30,15 @@ def submit_no_wait(cluster, *run_args: str) -> str:
     return next(line.split("'")[1] for line in (out.stdout + out.stderr).splitlines() if "submitted successfully" in line)
 
 
-def job_logs(cluster, job_id: str) -> str:
-    return cluster.api.job_logs(job_id)
-
-
 def wait_for_job(cluster, job_id: str, timeout: float = 300) -> tuple[str, str]:
     """(final status, logs) of a job."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = job_status(cluster, job_id)
         if status:
-            return status, job_logs(cluster, job_id)
+            return status, cluster.api.job_logs(job_id)
         time.sleep(2)
-    raise TimeoutError(f"job {job_id} did not end in {timeout:.0f} s; its log ends: {job_logs(cluster, job_id)[-4000:]}")
+    raise TimeoutError(f"job {job_id} did not end in {timeout:.0f} s; its log ends: {cluster.api.job_logs(job_id)[-4000:]}")
 
 
 def job_status(cluster, job_id: str) -> str | None:

@@ -127,7 +127,7 @@ def mlflow_server(tmp_path_factory):
     import time
     import urllib.request
 
-    from orchestrator.tracking.client import SERVER_ENV
+    from orchestrator.tracking.client import server_env
 
     folder = tmp_path_factory.mktemp("mlflow_server")
     port = _free_port()
@@ -135,7 +135,7 @@ def mlflow_server(tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--default-artifact-root", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **SERVER_ENV})
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=server_env(dict(os.environ)))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_jobs import (TINY_DATA, a_trial_survives_the_loss_of_its_nodes, job_logs, sets,
+from tests.cluster_jobs import (TINY_DATA, a_trial_survives_the_loss_of_its_nodes, sets,
                                 submit_no_wait, wait_for_job)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -58,7 +58,7 @@ def test_labeling_survives_the_loss_of_the_teacher_actors_node(local_cluster):
     while actor_node is None and time.time() < deadline:
         actors = [a for a in local_cluster.api.alive("actors") if "TeacherActor" in a.get("class_name", "")
                   or "MapBatches(TeacherActor)" in json.dumps(a.get("repr_name", ""))]
-        if actors and labeled_so_far(job_logs(local_cluster, job)) > 0:   # labeling is under way
+        if actors and labeled_so_far(local_cluster.api.job_logs(job)) > 0:   # labeling is under way
             actor_node = local_cluster.node_named_by(actors[0]["node_id"])
         time.sleep(1)
     assert actor_node not in (None, "head")

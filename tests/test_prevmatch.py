@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.core.config import build_config, flatten
+from orchestrator.core.config import build_config
 from orchestrator.core.errors import ConfigError
 from orchestrator.sweep.space import load_space, resolve_base
 from tests.test_ood_agreement import write_sample

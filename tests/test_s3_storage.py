@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tracking.client import SERVER_ENV
+from orchestrator.tracking.client import server_env
 from tests.conftest import TINY, _free_port, crash_after_first_trial
 
 ROOT = Path(__file__).parent.parent
@@ -133,7 +133,7 @@ def mlflow_with_s3_artifacts(s3_endpoint, tmp_path):
     """`mlflow server` on loopback whose artifacts go to the bucket (only the server holds S3 credentials)."""
     port = _free_port()
     log = tmp_path / "mlflow.log"
-    env = {**os.environ, **CREDENTIALS, **SERVER_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    env = server_env({**os.environ, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint})
     proc = _start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                    "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
                    "--workers", "1"], log, env)

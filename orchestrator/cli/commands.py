@@ -159,7 +159,7 @@ def sync(args: argparse.Namespace) -> int:
 
 
 def ui(args: argparse.Namespace) -> int:
-    from orchestrator.tracking.client import SERVER_ENV, resolve_tracking_uri
+    from orchestrator.tracking.client import resolve_tracking_uri, server_env
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("http"):
@@ -175,6 +175,6 @@ def ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI on http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning "
           f"(Ctrl-C to stop)", flush=True)
     try:
-        return subprocess.call(cmd, env={**SERVER_ENV, **os.environ})   # the user's own setting wins
+        return subprocess.call(cmd, env=server_env(dict(os.environ)))
     except KeyboardInterrupt:
         return 0

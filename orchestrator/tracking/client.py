@@ -32,6 +32,11 @@ TUNE_AUTO_KEYS = {
 }
 
 
+def server_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment for an `mlflow server`: SERVER_ENV unless `environ` sets those variables itself."""
+    return {**SERVER_ENV, **environ}
+
+
 def resolve_tracking_uri(cli_value: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (absolute)."""
     uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or ""
