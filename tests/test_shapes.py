@@ -117,14 +117,15 @@ def test_ood_content_differs_from_id_as_designed(shapes):
 
 
 def test_uniform_id_prior_evens_out_the_target_classes(tmp_path):
-    """`id_class_prior: uniform` makes every target class about equally common in ID images; the default
-    spec's digest (its cache folder) is the same as before the knob existed."""
+    """`id_class_prior: uniform` (the default) makes every target class about equally common in ID images; a
+    skewed spec's digest (its cache folder) is the same as before the knob existed."""
     from orchestrator.data.shapes import domain_contents
 
-    assert domain_contents(ShapesSpec(id_class_prior="uniform"))["train"].class_probs[:5] == (0.2,) * 5
-    assert domain_contents(ShapesSpec())["train"].class_probs[:5] == (0.35, 0.25, 0.18, 0.13, 0.09)
-    assert "id_class_prior" not in ShapesSpec().to_dict()
-    assert ShapesSpec(id_class_prior="uniform").digest() != ShapesSpec().digest()
+    skewed = ShapesSpec(id_class_prior="skewed")
+    assert domain_contents(ShapesSpec())["train"].class_probs[:5] == (0.2,) * 5
+    assert domain_contents(skewed)["train"].class_probs[:5] == (0.35, 0.25, 0.18, 0.13, 0.09)
+    assert "id_class_prior" not in skewed.to_dict()
+    assert ShapesSpec().digest() != skewed.digest()
     spec = ShapesSpec.smoke(num_train=200, num_val=4, num_ood=4, num_source=4, id_class_prior="uniform")
     generate_shapes(spec, tmp_path / "u")
     share = _class_pixels([load_mask(m) for _, m in SegDataset.resolve(tmp_path / "u", "16").unlabeled],

@@ -67,7 +67,7 @@ class DataConfig:
     num_source: int = 2000      # `shapes`: labeled source corpus (wide vocabulary) for fitting the teacher
     distractor_share: float = 0.5  # `shapes`: share of OOD objects that are distractors
     style_shift: float = 0.2    # `shapes`: low-level style difference of OOD images (0 = same as ID)
-    id_class_prior: IdClassPrior = "skewed"  # `shapes`: ID class frequencies, skewed (rings rare) or uniform
+    id_class_prior: IdClassPrior = "uniform"  # `shapes`: ID class frequencies; skewed = rings rare (README, Measured)
     max_broken_share: float = 0.05  # stop when more than this share of a corpus cannot be read
 
     def __post_init__(self):

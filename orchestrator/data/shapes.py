@@ -72,7 +72,7 @@ class ShapesSpec:
     distractor_share: float = DataConfig.distractor_share  # share of OOD objects that are distractors
     style_shift: float = DataConfig.style_shift  # 0 = OOD style identical to ID, 1 = strongly different style
     seed: int = DataConfig.seed
-    id_class_prior: str = DataConfig.id_class_prior  # skewed (a rare class, as in VOC) or uniform
+    id_class_prior: str = DataConfig.id_class_prior  # uniform, or skewed (a rare class, as in VOC)
 
     def __post_init__(self):
         def need(ok: bool, field: str, allowed: str) -> None:
@@ -100,7 +100,7 @@ class ShapesSpec:
 
     def to_dict(self) -> dict:
         out = {**dataclasses.asdict(self), "splits": list(self.splits)}
-        if self.id_class_prior == "skewed":  # the default is left out: such specs keep their digest (and cache)
+        if self.id_class_prior == "skewed":  # the first default is left out: such specs keep their digest (cache)
             del out["id_class_prior"]
         return out
 
