@@ -228,3 +228,15 @@ def test_teacher_quality_rows_pair_with_unimatch_and_plot_against_the_teachers_p
                                                              (68.0, 3.0, pytest.approx(12.7062, abs=1e-3),
                                                               pytest.approx(12.7062, abs=1e-3), "label_noise=0.0")]}
     assert "gain_vs_teacher_quality.png" in [p.name for p in plot_files(ctx, tmp_path)]
+
+
+def test_a_run_logged_by_two_merged_sweeps_counts_once_in_mean_and_std():
+    """`methods` and `teacher_quality` both run SemiOVS at noise 0 on seeds 0 and 1: merged, each seed is one
+    sample (the std over [58, 54] is 2.83; over the duplicated [58, 54, 58, 54] it would shrink to 2.31)."""
+    from orchestrator.tracking.report import format_by_split
+
+    runs = [run_of("semiovs", "8", seed, miou) for seed, miou in (("0", 58.0), ("1", 54.0))] * 2
+    (group,) = group_rows(runs, ["data.split", "train.method"])
+    assert len(group.values) == 4 and group.seed_values == [58.0, 54.0]
+    assert group.mean == 56.0 and abs(group.std - 2.828) < 1e-3
+    assert "| semiovs | 56.0 ± 2.8 |" in format_by_split([group], ["data.split", "train.method"])

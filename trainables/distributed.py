@@ -10,6 +10,7 @@ Three ways to run the same loop:
 """
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -80,21 +81,14 @@ class WorkerContext:
                 checkpoint = Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)
             return
+        # Tune's report wants Tune's Checkpoint class (Train's draws a deprecation warning per report).
+        api = importlib.import_module("ray.tune" if self.mode == "tune-local" else "ray.train")
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if state is not None and self.is_main:
-                from ray.train import Checkpoint
-
                 save_checkpoint(state, folder)
-                checkpoint = Checkpoint.from_directory(folder)
-            if self.mode == "tune-local":
-                import ray.tune
-
-                ray.tune.report(metrics, checkpoint=checkpoint)
-            else:
-                import ray.train
-
-                ray.train.report(metrics, checkpoint=checkpoint)
+                checkpoint = api.Checkpoint.from_directory(folder)
+            api.report(metrics, checkpoint=checkpoint)
 
 
 def save_checkpoint(state: dict[str, Any], folder: str) -> None:

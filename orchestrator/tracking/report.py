@@ -50,12 +50,20 @@ class Group:
     extra: dict[str, list[float]] = field(default_factory=dict)       # EXTRA_METRICS per run
 
     @property
+    def seed_values(self) -> list[float]:
+        """One score per seed: the same config and seed logged by two merged sweeps is one sample, not two."""
+        if len(self.seeds) != len(self.values):
+            return list(self.values)
+        return list(paired.per_seed(self.seeds, self.values).values())
+
+    @property
     def mean(self) -> float:
-        return statistics.fmean(self.values) if self.values else math.nan
+        return statistics.fmean(self.seed_values) if self.values else math.nan
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        values = self.seed_values
+        return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def effective_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +180,7 @@ def format_by_split(groups: list[Group], keys: list[str], cell: Callable[[Group]
     """The paper's layout: a row per combination of the other keys (methods), a column per label split."""
     if SPLIT_KEY not in keys or len(keys) < 2:
         return ""
-    cell = cell or (lambda g: _cell(g.values))
+    cell = cell or (lambda g: _cell(g.seed_values))
     si = keys.index(SPLIT_KEY)
     row_keys = [k for k in keys if k != SPLIT_KEY]
     splits = sorted({g.key[si] for g in groups}, key=_sortable)
