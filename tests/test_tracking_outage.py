@@ -46,7 +46,7 @@ class Server:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
              "--default-artifact-root", (self.folder / "artifacts").as_uri(), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=server_env(dict(os.environ)))
+            start_new_session=True, env=server_env())
         deadline = time.time() + 300   # an mlflow server takes 5 s to start here when idle, 2 min under load
         while True:
             try:

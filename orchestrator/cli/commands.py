@@ -175,6 +175,6 @@ def ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI on http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning "
           f"(Ctrl-C to stop)", flush=True)
     try:
-        return subprocess.call(cmd, env=server_env(dict(os.environ)))
+        return subprocess.call(cmd, env=server_env())
     except KeyboardInterrupt:
         return 0

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from orchestrator.core.errors import UserError
 
@@ -32,9 +32,9 @@ TUNE_AUTO_KEYS = {
 }
 
 
-def server_env(environ: dict[str, str]) -> dict[str, str]:
-    """The environment for an `mlflow server`: SERVER_ENV unless `environ` sets those variables itself."""
-    return {**SERVER_ENV, **environ}
+def server_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for an `mlflow server`: `environ` (default: this process's) over SERVER_ENV."""
+    return {**SERVER_ENV, **(os.environ if environ is None else environ)}
 
 
 def resolve_tracking_uri(cli_value: str | None) -> str:

@@ -52,8 +52,6 @@ class Group:
     @property
     def seed_values(self) -> list[float]:
         """One score per seed: the same config and seed logged by two merged sweeps is one sample, not two."""
-        if len(self.seeds) != len(self.values):
-            return list(self.values)
         return list(paired.per_seed(self.seeds, self.values).values())
 
     @property
