@@ -1,6 +1,9 @@
-"""Student segmenters: a tiny CPU U-Net and DeepLabV3+ on torchvision ResNets.
+"""Student segmenters: a tiny CPU U-Net and DeepLabV3+ on torchvision ResNets, and the student registry.
 
-Every student splits into `backbone` (encoder; its parameters get the base lr, see optim.py) and a decoder,
+`model.arch` names a registered student (`STUDENTS`: name → import path) or a plug-in's import path
+`package.module:Class`; either way the class is constructed as Class(num_classes, config: ModelConfig)
+(`build_student_from_config`; the protocol is in orchestrator/core/plugins.py and docs/extending.md).
+Every built-in student splits into `backbone` (encoder; its parameters get the base lr, see optim.py) and a decoder,
 and shares one forward contract (docs/method.md §4):
 
     model(x)                 -> logits [B, K, H, W] at input resolution
@@ -13,6 +16,7 @@ No weights are downloaded: DeepLab backbones load a local state-dict file or sta
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -20,7 +24,19 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from orchestrator.core.config import STUDENT_ARCHS as ARCHS
+from orchestrator.core.config import STUDENT_ARCHS, ModelConfig
+from orchestrator.core.plugins import IMPORT_PATH_FORM, is_import_path, load_student_class
+
+# Registered name → import path of a class that follows the student protocol. The names are the config's
+# STUDENT_ARCHS (what model.arch validates against); a plug-in's model.arch is its import path instead.
+STUDENTS: dict[str, str] = {
+    "unet_small": "trainables.models:UNetSmall",
+    "deeplabv3plus_r50": "trainables.models:DeepLabV3PlusR50",
+    "deeplabv3plus_r101": "trainables.models:DeepLabV3PlusR101",
+}
+if tuple(STUDENTS) != STUDENT_ARCHS:   # the config validates against STUDENT_ARCHS; both must agree
+    raise ImportError(f"student registry {tuple(STUDENTS)} != config STUDENT_ARCHS {STUDENT_ARCHS}")
+ARCHS: tuple[str, ...] = tuple(STUDENTS)
 
 
 def conv_bn_relu(cin: int, cout: int, *, stride: int = 1, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -88,13 +104,17 @@ class SmallEncoder(nn.Module):
 
 
 class UNetSmall(Student):
-    def __init__(self, num_classes: int, width: int, fp_dropout: float) -> None:
-        super().__init__(fp_dropout)
-        w = width
+    """unet_small: width = model.width; model.pretrained_backbone = a state dict of its encoder (`backbone`)."""
+
+    def __init__(self, num_classes: int, config: ModelConfig) -> None:
+        super().__init__(config.fp_dropout)
+        w = config.width
         self.backbone = SmallEncoder(w)
         self.fuse2 = conv_bn_relu(4 * w + 2 * w, 2 * w)
         self.fuse1 = conv_bn_relu(2 * w + w, w)
         self.classifier = nn.Conv2d(w, num_classes, 1)
+        if config.pretrained_backbone:
+            self.backbone.load_state_dict(torch.load(config.pretrained_backbone, map_location="cpu", weights_only=True))
 
     def encode(self, x: Tensor) -> list[Tensor]:
         return self.backbone(x)
@@ -144,13 +164,20 @@ class ResNetEncoder(nn.Module):
 
 
 class DeepLabV3Plus(Student):
-    def __init__(self, depth: int, num_classes: int, fp_dropout: float) -> None:
-        super().__init__(fp_dropout)
-        self.backbone = ResNetEncoder(depth)
+    """DeepLabV3+ on a ResNet of `depth` layers; model.pretrained_backbone = a torchvision ResNet state dict
+    (model.width does not apply)."""
+
+    depth = 50
+
+    def __init__(self, num_classes: int, config: ModelConfig) -> None:
+        super().__init__(config.fp_dropout)
+        self.backbone = ResNetEncoder(self.depth)
         self.head = ASPP(2048, 256)
         self.reduce = conv_bn_relu(256, 48, kernel=1)
         self.fuse = nn.Sequential(conv_bn_relu(256 + 48, 256), conv_bn_relu(256, 256))
         self.classifier = nn.Conv2d(256, num_classes, 1)
+        if config.pretrained_backbone:
+            load_backbone_weights(self.backbone, config.pretrained_backbone)
 
     def encode(self, x: Tensor) -> list[Tensor]:
         return self.backbone(x)
@@ -159,6 +186,14 @@ class DeepLabV3Plus(Student):
         c1, c4 = feats
         c4 = upsample(self.head(c4), c1.shape[-2:])
         return self.classifier(self.fuse(torch.cat([self.reduce(c1), c4], dim=1)))
+
+
+class DeepLabV3PlusR50(DeepLabV3Plus):
+    depth = 50
+
+
+class DeepLabV3PlusR101(DeepLabV3Plus):
+    depth = 101
 
 
 def load_backbone_weights(encoder: nn.Module, path: str) -> None:
@@ -182,19 +217,36 @@ def load_backbone_weights(encoder: nn.Module, path: str) -> None:
         )
 
 
+def student_class(arch: str) -> type:
+    """The class model.arch names: registered, or a plug-in's import path (a ConfigError naming model.arch if it
+    cannot be imported or does not follow the student protocol)."""
+    return load_student_class(STUDENTS.get(arch, arch), "model.arch")
+
+
+def build_student_from_config(num_classes: int, config: ModelConfig, *, read_backbone: bool = True) -> nn.Module:
+    """The student of the model.* config: its class constructed as Class(num_classes, config).
+
+    `read_backbone=False` clears config.pretrained_backbone first: for a student whose weights are loaded next
+    (a saved student, a checkpoint), so that no backbone initialisation file is read."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if not read_backbone and config.pretrained_backbone:
+        config = dataclasses.replace(config, pretrained_backbone="")
+    cls = student_class(config.arch)
+    model = cls(num_classes, config)
+    if not isinstance(model, nn.Module):   # a class may build something else in __new__
+        raise TypeError(f"model.arch={config.arch}: {cls.__name__}(num_classes, config) returned a "
+                        f"{type(model).__name__}, not a torch.nn.Module (docs/extending.md)")
+    return model
+
+
 def build_student(
     arch: str, num_classes: int, *, width: int = 16, fp_dropout: float = 0.5, pretrained_backbone: str = ""
 ) -> nn.Module:
-    """Build a student by name; `width` only affects unet_small, `pretrained_backbone` only the DeepLabs."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if arch == "unet_small":
-        if pretrained_backbone:
-            raise ValueError("unet_small has no pretrained backbone; set pretrained_backbone='' for it")
-        return UNetSmall(num_classes, width, fp_dropout)
-    if arch in ("deeplabv3plus_r50", "deeplabv3plus_r101"):
-        model = DeepLabV3Plus(50 if arch.endswith("r50") else 101, num_classes, fp_dropout)
-        if pretrained_backbone:
-            load_backbone_weights(model.backbone, pretrained_backbone)
-        return model
-    raise ValueError(f"unknown model arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+    """Build a student by name (or import path) from loose settings: build_student_from_config of a ModelConfig
+    holding them. `width` only affects unet_small, `pretrained_backbone` the built-ins' encoders."""
+    if arch not in STUDENTS and not is_import_path(arch):
+        raise ValueError(f"unknown model arch {arch!r}; valid archs: {', '.join(ARCHS)}, or a plug-in's import path "
+                         f"{IMPORT_PATH_FORM}")
+    config = ModelConfig(arch=arch, width=width, fp_dropout=fp_dropout, pretrained_backbone=pretrained_backbone)
+    return build_student_from_config(num_classes, config)

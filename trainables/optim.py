@@ -14,12 +14,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def param_groups(model: nn.Module, lr: float, lr_multi: float) -> list[dict[str, Any]]:
-    """[backbone at lr, everything else at lr*lr_multi]; `lr_scale` lets apply_poly_lr keep the ratio."""
+    """[backbone at lr, everything else at lr*lr_multi]; `lr_scale` lets apply_poly_lr keep the ratio.
+
+    A student without a `backbone` submodule (or with an empty one, or nothing outside it) gets one group of all
+    its parameters at the base lr: train.lr_multi is for a pretrained encoder under a fresh head, and such a
+    student declares no encoder (docs/extending.md)."""
     named = list(unwrap(model).named_parameters())
     backbone = [p for n, p in named if n.startswith("backbone.")]
     head = [p for n, p in named if not n.startswith("backbone.")]
-    if not backbone:
-        raise ValueError(f"{type(unwrap(model)).__name__} has no `backbone` submodule; build it with build_student")
+    if not backbone or not head:
+        return [{"params": [p for _, p in named], "lr": lr, "lr_scale": 1.0}]
     return [
         {"params": backbone, "lr": lr, "lr_scale": 1.0},
         {"params": head, "lr": lr * lr_multi, "lr_scale": lr_multi},

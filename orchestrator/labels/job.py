@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.config import ExperimentConfig, build_config, flatten
+from orchestrator.core.digest import digest_json
 from orchestrator.data.plan import dataset_root, ood_corpus, teacher_vocabulary
 from orchestrator.labels.pipeline import LabelingJob, LabelingOutcome
 from orchestrator.labels.store import LabelStore, cache_key, corpus_fingerprint, key_inputs
 from orchestrator.teachers.fit_task import ensure_fitted_teacher, teacher_spec
+from orchestrator.teachers.registry import folder_name, is_builtin, label_key_extras, teacher_traits
 
 # The dataset (and, for the generated benchmark, every setting of its generator), the OOD corpus, and the
 # teacher (kind, weights or fit settings, prompts, inference settings, and the noise that weakens its labels).
 LABEL_KEYS = (
-    "data.dataset", "data.root", "data.seed", "data.image_size", "data.num_train", "data.num_val",
+    "data.dataset", "data.root", "data.seed", "data.image_size", "data.num_train", "data.num_val", "data.num_test",
     "data.num_ood", "data.num_source", "data.distractor_share", "data.style_shift", "data.id_class_prior",
     "ood.root",
     "teacher.kind", "teacher.pretrained", "teacher.arch", "teacher.templates", "teacher.resolution",
@@ -55,17 +57,25 @@ def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:
     vocab = teacher_vocabulary(data_root, load_vocabulary(data_root))
     corpus = ood_corpus(source, data_root)  # the whole corpus: subsets (ood.num_images) read from it
     items = [(image_id, path) for image_id, path, _ in corpus]
-    weights = weights_digest_for(spec.pretrained, spec.arch) if os.path.isfile(spec.pretrained) or \
-        spec.kind == "maskclip" else "missing"
+    pretrained_kind = teacher_traits(spec.kind).pretrained_kind
+    if os.path.isfile(spec.pretrained) or (spec.pretrained and pretrained_kind != "file"):
+        weights = weights_digest_for(spec.pretrained, spec.arch)   # the file's sha256, or the tag's text
+    else:
+        weights = "none" if pretrained_kind == "none" else "missing"
     inputs = key_inputs(teacher_kind=spec.kind, weights_digest=weights, arch=spec.arch, templates=spec.templates,
                         resolution=spec.resolution, sliding_window=spec.sliding_window,
                         vocabulary=vocab.to_dict(), corpus=corpus_fingerprint([p for _, p in items]))
+    # A plug-in (teacher.kind = its import path): the sha256 of its module's source, so editing the teacher
+    # relabels. Built-ins add nothing: their keys, and the label sets cached under them, stay what they were.
+    inputs = {**inputs, **label_key_extras(spec.kind)}
     noise = source.teacher.label_noise
     if noise > 0:   # only then: the keys of every label set made without noise stay what they were
         inputs = {**inputs, "label_noise": noise}
+    # the entry's folder starts with the kind; an import path's ':' is not safe in every store (registry.folder_name)
+    key = cache_key(inputs) if is_builtin(spec.kind) else f"{folder_name(spec.kind)}-{digest_json(inputs)}"
     r = cfg.resources
     device = "cuda" if r.gpus_per_teacher > 0 else "cpu"
-    return LabelingJob(store=LabelStore.at(cache_root, cache_key(inputs)), key_inputs=inputs, items=items,
+    return LabelingJob(store=LabelStore.at(cache_root, key), key_inputs=inputs, items=items,
                        teacher_spec={**asdict(spec), "device": device}, vocabulary=vocab.to_dict(),
                        actors=r.teacher_actors, cpus_per_actor=r.cpus_per_teacher, gpus_per_actor=r.gpus_per_teacher,
                        batch_size=cfg.teacher.batch_size, max_broken_share=cfg.data.max_broken_share,

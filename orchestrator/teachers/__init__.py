@@ -3,9 +3,10 @@
     teacher = build_teacher(TeacherSpec(kind="textseg", pretrained="fitted.pt"), vocab)
     labels, conf = teacher.predict(images)   # uint8 [B,H,W,3] → uint8 [B,H,W] ids, float32 [B,H,W] max prob
 
-Kinds: "textseg" (a small text-conditioned segmenter fitted on the `shapes` source corpus; see textseg_model.py)
-and "maskclip" (training-free dense CLIP from open_clip ViT weights; see maskclip.py). Torch-heavy modules are
-imported on first use so that importing TeacherSpec stays cheap for the CLI and the cache.
+Kinds: "textseg" (a small text-conditioned segmenter fitted on the `shapes` source corpus; see textseg_model.py),
+"maskclip" (training-free dense CLIP from open_clip ViT weights; see maskclip.py), both registered in registry.py,
+or a plug-in's import path package.module:Class (docs/extending.md). Torch-heavy modules are imported on first use
+so that importing TeacherSpec stays cheap for the CLI and the cache.
 """
 from __future__ import annotations
 
@@ -26,14 +27,12 @@ _LAZY = {"fit_textseg": "textseg_fit", "save_checkpoint": "textseg_fit", "FitCon
 
 
 def build_teacher(spec: TeacherSpec, vocab: "Vocabulary") -> "DenseTeacher":
-    """Load the teacher's weights once (call it in a Ray actor's __init__) and bind it to `vocab`."""
-    if spec.kind == "textseg":
-        from orchestrator.teachers.textseg import load_textseg
-        return load_textseg(spec, vocab)
-    if spec.kind == "maskclip":
-        from orchestrator.teachers.maskclip import load_maskclip
-        return load_maskclip(spec, vocab)
-    raise ValueError(f"unknown teacher kind '{spec.kind}'; valid kinds: {', '.join(TEACHER_KINDS)}")
+    """Load the teacher's weights once (call it in a Ray actor's __init__) and bind it to `vocab`: the kind's class
+    (registry.py) constructed as Class(spec, vocab). A plug-in's outputs are checked on every call."""
+    from orchestrator.teachers.registry import CheckedTeacher, is_builtin, teacher_class
+
+    teacher = teacher_class(spec.kind)(spec, vocab)
+    return teacher if is_builtin(spec.kind) else CheckedTeacher(teacher, vocab.num_classes, spec.kind)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,7 @@
 """Which teacher weights a run uses, and fitting the benchmark's textseg teacher when they are missing.
 
+What a kind needs is read from its class's traits (registry.py, core.plugins.TeacherTraits): textseg, and any
+plug-in with the fits_on_source trait, is fitted on the source corpus when teacher.pretrained is empty.
 The fitted teacher is cached under `<cache>/teachers/`, keyed by its fit settings and source corpus. The fit
 runs as a Ray task when Ray is up (so a cluster can give it a GPU), else in this process. Beside each fitted
 file, `<name>.pt.sha256.json` records its size and sha256: a file truncated or changed later is fitted again
@@ -18,50 +20,64 @@ from orchestrator.core.config import ExperimentConfig
 from orchestrator.core.digest import checksum_problem, digest_json, file_checksum
 from orchestrator.core.errors import UserError
 from orchestrator.core.paths import inside
+from orchestrator.teachers.registry import folder_name, is_builtin, label_key_extras, teacher_class, teacher_traits
 from orchestrator.teachers.spec import TeacherSpec
 
 TEXTSEG_FIT_VERSION = "3"  # bump when fit_textseg changes what it learns; older fitted files stop matching
 
 
-def fitted_textseg_path(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> Path:
-    """Where the benchmark's fitted textseg teacher lives: keyed by its fit settings and source corpus."""
+def fitted_teacher_path(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> Path:
+    """Where the teacher fitted on the source corpus lives: keyed by its fit settings and source corpus (and, for a
+    plug-in, by its kind and code, as its labels are)."""
     manifest = data_root / "manifest.json"
     source_digest = json.loads(manifest.read_text()).get("digest", "") if manifest.is_file() else str(data_root)
-    key = digest_json({"steps": cfg.teacher.fit_steps, "templates": cfg.teacher.templates,
-                       "source": source_digest, "seed": cfg.data.seed, "version": TEXTSEG_FIT_VERSION}, 16)
-    return inside(cache_root, "teachers", f"textseg-{key}.pt")
+    inputs = {"steps": cfg.teacher.fit_steps, "templates": cfg.teacher.templates,
+              "source": source_digest, "seed": cfg.data.seed, "version": TEXTSEG_FIT_VERSION}
+    kind = cfg.teacher.kind
+    if not is_builtin(kind):   # textseg's files keep their names
+        inputs = {**inputs, "kind": kind, **label_key_extras(kind)}
+    return inside(cache_root, "teachers", f"{folder_name(kind)}-{digest_json(inputs, 16)}.pt")
+
+
+fitted_textseg_path = fitted_teacher_path   # the name `run.py teacher fit` calls it by
 
 
 def teacher_spec(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> TeacherSpec:
-    """The teacher a config asks for, with its weights resolved to a file (or an open_clip tag for maskclip)."""
+    """The teacher a config asks for, with its weights resolved to a file (or left a tag, or empty, where the kind's
+    pretrained_kind trait allows it)."""
     t = cfg.teacher
+    cls = teacher_class(t.kind)
+    traits = teacher_traits(t.kind)
     pretrained = t.pretrained
+    fit_hint = "a checkpoint written by `python run.py teacher fit`" if traits.fits_on_source else "a weights file"
     if not pretrained:
-        if t.kind != "textseg":
-            raise UserError(f"teacher.kind={t.kind} needs teacher.pretrained: a local open_clip checkpoint "
-                            f"file (nothing can be downloaded here). Fix: --set teacher.pretrained=/path/model.pt")
-        pretrained = str(fitted_textseg_path(cfg, cache_root, data_root))
+        if traits.fits_on_source:
+            pretrained = str(fitted_teacher_path(cfg, cache_root, data_root))
+        elif traits.pretrained_kind != "none":
+            raise UserError(f"teacher.kind={t.kind} needs teacher.pretrained: a local weights file (nothing can be "
+                            f"downloaded here). Fix: --set teacher.pretrained=/path/model.pt")
     elif Path(pretrained).expanduser().is_file():
         pretrained = str(Path(pretrained).expanduser().resolve())
-        if t.kind == "textseg" and not zipfile.is_zipfile(pretrained):   # torch.save writes a zip archive
-            raise UserError(f"teacher.pretrained: '{pretrained}' is not a complete torch checkpoint (truncated, "
-                            f"or another format). Fix: copy it again, or write one with `python run.py teacher fit`.")
-    elif t.kind == "textseg":  # maskclip may name an open_clip tag instead of a file
-        raise UserError(f"teacher.pretrained: file '{pretrained}' does not exist. "
-                        f"Fix: give the path of a checkpoint written by `python run.py teacher fit`.")
+        check = getattr(cls, "weights_problem", None)   # optional hook: a cheap look before any actor loads it
+        problem = check(pretrained) if callable(check) else None
+        if problem:
+            raise UserError(f"teacher.pretrained: '{pretrained}' {problem}. Fix: copy it again, or give "
+                            f"{fit_hint}.")
+    elif traits.pretrained_kind == "file":  # file_or_tag may name a tag (maskclip: open_clip), none passes it on
+        raise UserError(f"teacher.pretrained: file '{pretrained}' does not exist. Fix: give the path of {fit_hint}.")
     device = "cuda" if cfg.resources.gpus_per_teacher > 0 else "cpu"
-    return TeacherSpec(kind=t.kind, pretrained=pretrained, arch=t.arch if t.kind == "maskclip" else "",
+    return TeacherSpec(kind=t.kind, pretrained=pretrained, arch=t.arch if traits.uses_arch else "",
                        templates=t.templates, resolution=t.resolution, sliding_window=t.sliding_window,
                        device=device)
 
 
 def ensure_fitted_teacher(cfg: ExperimentConfig, cache_root: Path, data_root: Path, log=print,
                           progress=None) -> Path | None:
-    """Fit the benchmark's textseg teacher on the source corpus unless it is cached. Returns its path.
-    `progress`: a core.progress factory for the fit's bar (default silent)."""
-    if cfg.teacher.kind != "textseg" or cfg.teacher.pretrained:
+    """Fit the teacher on the source corpus unless it is cached, if its kind fits_on_source and teacher.pretrained
+    is empty. Returns its path. `progress`: a core.progress factory for the fit's bar (default silent)."""
+    if cfg.teacher.pretrained or not teacher_traits(cfg.teacher.kind).fits_on_source:
         return None
-    path = fitted_textseg_path(cfg, cache_root, data_root)
+    path = fitted_teacher_path(cfg, cache_root, data_root)
     if path.is_file():
         problem = teacher_file_problem(path)
         if problem is None:
@@ -69,10 +85,10 @@ def ensure_fitted_teacher(cfg: ExperimentConfig, cache_root: Path, data_root: Pa
                 record_checksum(path)
             return path
         log(f"the fitted teacher {path} is damaged ({problem}): fitting it again")
-    log(f"fitting the textseg teacher on {data_root / 'source'} ({cfg.teacher.fit_steps} steps) → {path}")
+    log(f"fitting the {cfg.teacher.kind} teacher on {data_root / 'source'} ({cfg.teacher.fit_steps} steps) → {path}")
     fit_benchmark_teacher(data_root, path, steps=cfg.teacher.fit_steps, templates=cfg.teacher.templates,
                           seed=cfg.data.seed, cpus=cfg.resources.cpus_per_teacher,
-                          gpus=cfg.resources.gpus_per_teacher, progress=progress)
+                          gpus=cfg.resources.gpus_per_teacher, progress=progress, kind=cfg.teacher.kind)
     return path
 
 
@@ -100,104 +116,31 @@ def teacher_file_problem(path: Path) -> str | None:
     return None if zipfile.is_zipfile(path) else f"{path} is not a complete checkpoint (truncated?)"
 
 
-def load_source_corpus(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from orchestrator.core.images import load_image, load_mask
-    from orchestrator.data.voc import list_ood_corpus
+def _fit_and_save(data_root: str, out_path: str, steps: int, templates: str, seed: int, kind: str = "textseg",
+                  on_step=None) -> str:
+    from orchestrator.data.voc import load_source_corpus, load_vocabulary
 
-    pairs = list_ood_corpus(data_root / "source")
-    images = np.stack([load_image(img) for img, _ in pairs])
-    masks = np.stack([load_mask(mask) for _, mask in pairs])
-    return images, masks
-
-
-def _fit_and_save(data_root: str, out_path: str, steps: int, templates: str, seed: int, threads: int,
-                  on_log=None) -> str:
-    import torch
-
-    from orchestrator.data.voc import load_vocabulary
-    from orchestrator.teachers import fit_textseg, save_checkpoint
-
-    torch.set_num_threads(max(1, threads))   # in the calling thread: OpenMP's thread count is per thread
     images, masks = load_source_corpus(Path(data_root))
     vocab = load_vocabulary(data_root, key="source")
-    ckpt = fit_textseg(images, masks, vocab, steps=steps, seed=seed, templates=templates, on_log=on_log,
-                       log_every=PROGRESS_EVERY)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(ckpt, out_path)
+    # the kind's fits_on_source hook (textseg: fit_textseg + save_checkpoint); it writes out_path
+    teacher_class(kind).fit_weights(images, masks, vocab, out_path, steps=steps, seed=seed, templates=templates,
+                                    on_step=on_step)
+    if not Path(out_path).is_file():
+        raise UserError(f"teacher.kind={kind}: fit_weights wrote no file at {out_path}. Fix: write the fitted "
+                        f"weights to its out_path argument (docs/extending.md).")
     record_checksum(Path(out_path))
     return out_path
 
 
-PROGRESS_EVERY = 10   # fit steps between progress records
-
-
-def _fit_records(*args):
-    """The fit, as a stream of records: {"step": n} every PROGRESS_EVERY steps, then {"path": checkpoint}.
-    A Ray streaming-generator task (or a plain generator without Ray): the fit runs in a thread and the
-    generator hands its progress to the caller as it comes."""
-    import queue
-    import threading
-
-    records: queue.Queue = queue.Queue()
-    outcome: dict = {}
-
-    def work() -> None:
-        try:
-            outcome["path"] = _fit_and_save(*args, on_log=lambda r: records.put({"step": r["step"]}))
-        except BaseException as err:   # re-raised below, in the task's own thread
-            outcome["error"] = err
-        finally:
-            records.put(None)
-
-    thread = threading.Thread(target=work, name="textseg-fit", daemon=True)
-    thread.start()
-    while (record := records.get()) is not None:
-        yield record
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    yield {"path": outcome["path"]}
-
-
-def fit_threads(cpus_per_teacher: float, gpus: float, node_cpus: list[float]) -> int:
-    """Threads (and CPUs reserved) for the fit. Nothing else runs while it fits, so on CPU it takes a whole
-    node: the largest one's CPUs. On a GPU the device does the work; it keeps `resources.cpus_per_teacher`."""
-    if gpus > 0 or not node_cpus:
-        return max(1, int(cpus_per_teacher))
-    return max(1, int(max(node_cpus)))
+PROGRESS_EVERY = 10   # fit steps between progress records (textseg's fit_weights reports at this pace)
 
 
 def fit_benchmark_teacher(data_root: Path, out_path: Path, *, steps: int, templates: str, seed: int,
-                          cpus: float, gpus: float, progress=None) -> Path:
+                          cpus: float, gpus: float, progress=None, kind: str = "textseg") -> Path:
     """Fit (a Ray task when Ray is up, so a cluster can give it a GPU), showing its progress with an ETA."""
-    import os
-    import sys
+    from orchestrator.core.long_task import run_long_task
 
-    import ray
-
-    from orchestrator.core.progress import silent
-
-    if ray.is_initialized():
-        node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    else:
-        node_cpus = [float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())]
-    threads = fit_threads(cpus, gpus, node_cpus)
-    args = (str(data_root), str(out_path), steps, templates, seed, threads)
-    if ray.is_initialized():
-        # Passive OpenMP waits: spinning threads on a shared machine burnt 5x the CPU time per step (measured
-        # under load: 0.83 vs 0.16 core-seconds per step at 2 threads); it is read when torch loads, hence a
-        # worker started with it in its environment.
-        task = ray.remote(_fit_records).options(num_cpus=threads, num_gpus=gpus, num_returns="streaming",
-                                                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
-        records = (ray.get(ref) for ref in task.remote(*args))
-    else:
-        if "torch" not in sys.modules:   # in this process: passive waits too, if torch is not loaded yet
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        records = _fit_records(*args)
-    path = None
-    with (progress or silent)(f"teacher fit ({threads} thread(s))", steps, "step") as bar:
-        for record in records:
-            if "step" in record:
-                bar.set(record["step"])
-            path = record.get("path", path)
-    return Path(path)
+    return Path(run_long_task(_fit_and_save, (str(data_root), str(out_path), steps, templates, seed, kind),
+                              label="teacher fit", total=steps, unit="step", cpus=cpus, gpus=gpus,
+                              progress=progress))

@@ -93,9 +93,17 @@ class ConceptEmbeddings:
 
 
 class MaskClipTeacher(DenseTeacher):
-    def __init__(self, visual: nn.Module, concepts: ConceptEmbeddings, vocab: Vocabulary, spec: TeacherSpec,
-                 pixel_stats: tuple[tuple, tuple]):
-        """`pixel_stats`: the (mean, std) the model's input pixels are normalised with."""
+    """The registered "maskclip" teacher (orchestrator/teachers/registry.py): MaskClipTeacher(spec, vocab) builds the
+    open_clip model spec.arch with the weights spec.pretrained and embeds `vocab`'s concepts once."""
+
+    # Traits (core.plugins.TeacherTraits): the weights are a file or an open_clip tag; teacher.arch names the model;
+    # teacher.sliding_window applies.
+    pretrained_kind = "file_or_tag"
+    uses_arch = True
+    supports_sliding_window = True
+
+    def __init__(self, spec: TeacherSpec, vocab: Vocabulary):
+        visual, concepts, pixel_stats = _load_parts(spec, vocab)   # pixel_stats: the model's input (mean, std)
         super().__init__(vocab, spec.device, spec.resolution)
         self.visual = visual.to(self.device).eval()
         self.text_emb = concepts.embeddings.to(self.device)
@@ -155,8 +163,12 @@ def _check_vit(model: nn.Module, arch: str) -> None:
 
 
 def load_maskclip(spec: TeacherSpec, vocab: Vocabulary) -> MaskClipTeacher:
+    return MaskClipTeacher(spec, vocab)
+
+
+def _load_parts(spec: TeacherSpec, vocab: Vocabulary) -> tuple[nn.Module, ConceptEmbeddings, tuple[tuple, tuple]]:
     """Build the open_clip model, load weights (local file: weights_only; tag: open_clip downloads it), embed the
-    vocabulary's concepts once, and keep only the image tower for inference."""
+    vocabulary's concepts once, and keep only the image tower for inference: (visual, concepts, (mean, std))."""
     import open_clip
 
     arch = _resolve_arch(spec.arch)
@@ -176,5 +188,5 @@ def load_maskclip(spec: TeacherSpec, vocab: Vocabulary) -> MaskClipTeacher:
         text_emb = embed_concepts(model.encode_text, open_clip.get_tokenizer(arch), concepts,
                                   get_templates(spec.templates), device)
     pp = open_clip.get_model_preprocess_cfg(model)
-    return MaskClipTeacher(model.visual, ConceptEmbeddings(text_emb, torch.tensor(owners, dtype=torch.long)), vocab,
-                           spec, (pp.get("mean", CLIP_MEAN), pp.get("std", CLIP_STD)))
+    return (model.visual, ConceptEmbeddings(text_emb, torch.tensor(owners, dtype=torch.long)),
+            (pp.get("mean", CLIP_MEAN), pp.get("std", CLIP_STD)))

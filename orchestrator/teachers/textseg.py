@@ -19,13 +19,40 @@ log = logging.getLogger(__name__)
 
 
 class TextSegTeacher(DenseTeacher):
-    def __init__(self, net: TextSegNet, concept_emb: torch.Tensor, owners: torch.Tensor, vocab: Vocabulary,
-                 spec: TeacherSpec, fit_info: dict):
+    """The registered "textseg" teacher (orchestrator/teachers/registry.py): TextSegTeacher(spec, vocab) loads the
+    checkpoint spec.pretrained and prompts it with `vocab`."""
+
+    # Traits (core.plugins.TeacherTraits): weights are a checkpoint file; with teacher.pretrained empty they are
+    # fitted on the benchmark's source corpus through fit_weights.
+    pretrained_kind = "file"
+    fits_on_source = True
+
+    def __init__(self, spec: TeacherSpec, vocab: Vocabulary):
+        net, concept_emb, owners, fit_info = _load_parts(spec, vocab)
         super().__init__(vocab, spec.device, spec.resolution)
         self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)   # as images_to_tensor lays out
         self.concept_emb = concept_emb.to(self.device)
         self.owners = owners.to(self.device)
         self.fit_info = fit_info  # fitting vocabulary, hyper-parameters, final loss: for logging/diagnostics
+
+    @classmethod
+    def fit_weights(cls, images, masks, vocabulary: Vocabulary, out_path: str, *, steps: int, seed: int,
+                    templates: str, on_step=None) -> None:
+        """The fits_on_source hook: fit on the labeled source corpus (uint8 images [N,H,W,3], masks [N,H,W] with
+        ids of `vocabulary`) and write the checkpoint to `out_path`; `on_step(step)` reports progress."""
+        from orchestrator.teachers.textseg_fit import fit_textseg, save_checkpoint
+
+        report = (lambda record: on_step(record["step"])) if on_step else None
+        ckpt = fit_textseg(images, masks, vocabulary, steps=steps, seed=seed, templates=templates, on_log=report,
+                           log_every=10)   # as often as fit_task.PROGRESS_EVERY shows it
+        save_checkpoint(ckpt, out_path)
+
+    @staticmethod
+    def weights_problem(path: str) -> str | None:
+        """Why the weights file at `path` cannot be this teacher's (None = it may be): checked before labeling."""
+        if not zipfile.is_zipfile(path):   # torch.save writes a zip archive; a truncated one is not
+            return "is not a complete torch checkpoint (truncated, or another format)"
+        return None
 
     def class_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) normalised pixels → (B, num_classes, H/2, W/2) logits (max over each class's concepts)."""
@@ -54,6 +81,11 @@ def _load(path: str) -> dict:
 
 
 def load_textseg(spec: TeacherSpec, vocab: Vocabulary) -> TextSegTeacher:
+    return TextSegTeacher(spec, vocab)
+
+
+def _load_parts(spec: TeacherSpec, vocab: Vocabulary) -> tuple[TextSegNet, torch.Tensor, torch.Tensor, dict]:
+    """The fitted net, `vocab`'s concept embeddings and their owning classes, and the fit's record."""
     ckpt = _load(spec.pretrained)
     if spec.templates != ckpt["templates"]:
         # The tower is random: prompts it was not fitted with map to arbitrary directions.
@@ -79,4 +111,4 @@ def load_textseg(spec: TeacherSpec, vocab: Vocabulary) -> TextSegTeacher:
     net.load_state_dict(ckpt["model"])
     concept_emb = embed_concepts(tower, tokenizer, concepts, templates, cpu)
     fit_info = {k: ckpt[k] for k in ("vocab", "fit", "num_images", "final_loss", "final_pixel_acc")}
-    return TextSegTeacher(net, concept_emb, torch.tensor(owners, dtype=torch.long), vocab, spec, fit_info)
+    return net, concept_emb, torch.tensor(owners, dtype=torch.long), fit_info
