@@ -154,7 +154,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     from trainables.models import build_student
     from trainables.optim import build_optimizer
     from trainables.streams import BrokenSamples, OODLabels, StreamFiles, StreamSampler
-    from trainables.train_loop import evaluate, runner_for, train_one_epoch, unlabeled_sizes
+    from trainables.evaluation import evaluate
+    from trainables.train_loop import runner_for, train_one_epoch, unlabeled_sizes
 
     torch.set_num_threads(job["threads"])
     cfg = build_config(job["config"])

@@ -105,7 +105,7 @@ def eval_seconds(model, val: list, num_classes: int) -> float:
 
     from trainables.distributed import WorkerContext
     from trainables.streams import load_image_cached, load_mask_cached
-    from trainables.train_loop import evaluate
+    from trainables.evaluation import evaluate
 
     load_image_cached.cache_clear()
     load_mask_cached.cache_clear()

@@ -7,7 +7,7 @@ import pytest
 
 # Tiny `shapes` settings for end-to-end runs: the real pipeline, sized to finish in seconds.
 TINY = {
-    "data.num_train": 150, "data.num_val": 40, "data.num_ood": 120, "data.num_source": 120,
+    "data.num_train": 150, "data.num_val": 40, "data.num_test": 40, "data.num_ood": 120, "data.num_source": 120,
     "teacher.fit_steps": 30, "train.epochs": 2, "train.iters_per_epoch": 4, "train.batch_size": 4,
 }
 

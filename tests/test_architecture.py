@@ -3,8 +3,8 @@
 Layers, lowest first (a module may import its own layer's earlier members and any lower layer):
   foundation  orchestrator.core
   worker      trainables                     (code that runs inside a Ray Train worker)
-  stages      orchestrator.data → teachers → labels; orchestrator.tracking
-  drivers     orchestrator.runtime, preflight → trial → single_run, sweep
+  stages      orchestrator.data → teachers, students → labels; orchestrator.tracking
+  drivers     orchestrator.runtime, preflight → trial, models → single_run, sweep
   entry       orchestrator.cli, the orchestrator package (its Python API)
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -23,14 +23,16 @@ PACKAGES = ("orchestrator", "trainables")
 LAYERS = [
     ("orchestrator.core", 0),
     ("trainables", 1),
-    ("orchestrator.data", 2), ("orchestrator.teachers", 3), ("orchestrator.labels", 4),
+    ("orchestrator.data", 2), ("orchestrator.teachers", 3), ("orchestrator.students", 3), ("orchestrator.labels", 4),
     ("orchestrator.tracking", 2),
-    ("orchestrator.runtime", 5), ("orchestrator.preflight", 5), ("orchestrator.trial", 6), ("orchestrator.single_run", 7),
+    ("orchestrator.runtime", 5), ("orchestrator.preflight", 5), ("orchestrator.trial", 6), ("orchestrator.models", 6),
+    ("orchestrator.single_run", 7),
     ("orchestrator.sweep", 7),
     ("orchestrator.cli", 8), ("orchestrator", 9),
 ]
 # Pairs of the same rank that must not meet (siblings are independent).
-INDEPENDENT = [("orchestrator.tracking", "orchestrator.data"), ("orchestrator.single_run", "orchestrator.sweep")]
+INDEPENDENT = [("orchestrator.tracking", "orchestrator.data"), ("orchestrator.single_run", "orchestrator.sweep"),
+               ("orchestrator.trial", "orchestrator.models"), ("orchestrator.teachers", "orchestrator.students")]
 
 
 def layer_of(module: str) -> tuple[str, int]:

@@ -87,7 +87,7 @@ def test_a_training_worker_skips_counts_and_lists_every_broken_kind(tmp_path):
     from orchestrator.data.voc import SegDataset
     from trainables.distributed import WorkerContext
     from trainables.streams import BrokenSamples, StreamFiles, StreamSampler
-    from trainables.train_loop import evaluate
+    from trainables.evaluation import evaluate
 
     broken = make_dataset(tmp_path / "ds")
     data = SegDataset.resolve(tmp_path / "ds", "8")

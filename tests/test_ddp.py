@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.core.config import build_config, flatten
 from tests.conftest import TINY
-from trainables.train_loop import check_resumable
+from trainables.run_state import check_resumable
 
 pytestmark = pytest.mark.e2e
 

@@ -86,16 +86,17 @@ def test_full_disk_while_labeling_keeps_no_entry_and_the_rerun_completes(ray_ses
 def test_full_disk_while_saving_a_checkpoint_leaves_no_file(small_disk):
     import torch
 
-    from trainables.distributed import CHECKPOINT_FILE, save_checkpoint
+    from trainables.distributed import save_checkpoint
+    from trainables.run_state import STATE_FILE
 
     state = {"model": {"w": torch.zeros(256, 1024)}, "epoch": 3}   # 1 MiB of weights
-    save_checkpoint({"epoch": 2}, str(small_disk))                 # an older checkpoint in the folder
+    save_checkpoint({STATE_FILE: {"epoch": 2}}, str(small_disk))   # an older checkpoint in the folder
     fill(small_disk, leave=64 * 1024)
     with pytest.raises(OSError) as info:
-        save_checkpoint(state, str(small_disk))
+        save_checkpoint({STATE_FILE: state}, str(small_disk))
     assert atomic.is_no_space(info.value)
-    assert files_under(small_disk) == [CHECKPOINT_FILE]            # no torn temp file beside it
-    assert torch.load(small_disk / CHECKPOINT_FILE, weights_only=True) == {"epoch": 2}   # the old one, whole
+    assert files_under(small_disk) == [STATE_FILE]                 # no torn temp file beside it
+    assert torch.load(small_disk / STATE_FILE, weights_only=True) == {"epoch": 2}   # the old one, whole
 
 
 def test_trials_that_filled_the_storage_end_the_sweep_with_one_error_line(tmp_path):

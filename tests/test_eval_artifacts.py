@@ -122,7 +122,7 @@ def test_evaluate_keeps_the_first_images_with_their_predictions(tmp_path, torch_
     from orchestrator.core.images import load_image, load_mask
     from trainables.distributed import WorkerContext
     from trainables.models import build_student
-    from trainables.train_loop import evaluate
+    from trainables.evaluation import evaluate
 
     val = write_val(tmp_path, 3)
     torch.manual_seed(0)

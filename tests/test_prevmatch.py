@@ -20,6 +20,7 @@ from trainables.prevmatch import (PrevGuidance, ensemble_logits, make_generator,
                                   sample_ensemble, snapshot_states, triangle_weight, update_snapshots)
 from trainables.recipe import StepOptions, run_step
 from trainables.inputs import TrialInput
+from trainables.run_state import STATE_FILE
 from trainables.train_loop import run_training
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -264,7 +265,7 @@ def test_run_training_keeps_logs_and_resumes_the_past_models(tmp_path):
     bests = [m["val_miou"] > max([0.0] + [p["val_miou"] for p in metrics[:i]]) for i, m in enumerate(metrics)]
     assert [m["prev_models"] for m in metrics] == [0, sum(bests[:1]), sum(bests[:2])]
     assert metrics[1]["loss_prev"] > 0
-    state = torch.load(io.BytesIO(ctx.reports[1][1]), weights_only=True)
+    state = torch.load(io.BytesIO(ctx.reports[1][1]), weights_only=True)[STATE_FILE]
     assert len(state["prev_models"]) == 1 and state["prev_new_best"] == bests[1]
     assert all(isinstance(v, (int, float)) for m in metrics for v in m.values())   # reports carry numbers only
     assert sorted(p.name for p in (tmp_path / "files").glob("*.png")) == [f"confusion_matrix_epoch_00{e}.png"

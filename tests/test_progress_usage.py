@@ -101,11 +101,11 @@ def test_tally_gathers_manifest_and_diagnostics_in_one_pass(tmp_path):
 
 
 def test_teacher_fit_takes_the_node_on_cpu_and_keeps_its_share_on_gpu():
-    from orchestrator.teachers.fit_task import fit_threads
+    from orchestrator.core.long_task import job_threads
 
-    assert fit_threads(1, 0, [0.0, 2.0]) == 2       # the largest node (a 0-CPU head beside it)
-    assert fit_threads(1, 1, [8.0]) == 1             # on a GPU: resources.cpus_per_teacher
-    assert fit_threads(1, 0, []) == 1
+    assert job_threads(1, 0, [0.0, 2.0]) == 2       # the largest node (a 0-CPU head beside it)
+    assert job_threads(1, 1, [8.0]) == 1             # on a GPU: resources.cpus_per_teacher
+    assert job_threads(1, 0, []) == 1
 
 
 def test_only_the_harmless_ray_line_is_skipped():

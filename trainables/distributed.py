@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 import torch
 
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -28,7 +27,7 @@ class WorkerContext:
     rank: int
     world_size: int
     device: torch.device
-    on_report: Callable[[dict[str, Any]], None] | None = None
+    on_report: Callable[[dict[str, Any], Any], None] | None = None   # local mode: (metrics, Checkpoint)
 
     @property
     def is_main(self) -> bool:
@@ -48,8 +47,8 @@ class WorkerContext:
 
         return ray.train.torch.prepare_model(model)
 
-    def latest_checkpoint(self) -> dict[str, Any] | None:
-        """The newest checkpoint dict of this run (after a worker failure or a resumed sweep)."""
+    def latest_checkpoint(self) -> dict[str, dict[str, Any]] | None:
+        """The newest checkpoint of this run (after a worker failure or a resumed sweep): file name → dict."""
         if self.mode == "local":
             return None
         if self.mode == "tune-local":
@@ -63,43 +62,53 @@ class WorkerContext:
         if ckpt is None:
             return None
         with ckpt.as_directory() as folder:
-            return torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+            return {name: torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)
+                    for name in sorted(os.listdir(folder)) if name.endswith(".pt")}
 
-    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        """Report an epoch's metrics with the checkpoint dict (saved by rank 0 only; every rank calls this)."""
-        if self.mode == "local":  # Train's local mode keeps the last report; the callback logs each one
-            if self.on_report:
-                self.on_report(metrics)
+    def report(self, metrics: dict[str, Any], files: dict[str, dict[str, Any]] | None) -> None:
+        """Report an epoch's metrics with the checkpoint's files (file name → dict; saved by rank 0 only;
+        every rank calls this)."""
+        if self.mode == "local":
+            # Train's local mode keeps only the last report: the callback logs each epoch and keeps the
+            # run's best and latest checkpoint folders (orchestrator.single_run)
             import ray.train
 
             checkpoint = None
-            if state is not None:
+            if files is not None:
                 from ray.train import Checkpoint
 
                 folder = tempfile.mkdtemp(prefix="semiovs-local-ckpt-")
-                save_checkpoint(state, folder)
+                save_checkpoint(files, folder)
                 checkpoint = Checkpoint.from_directory(folder)
+            if self.on_report:
+                self.on_report(metrics, checkpoint)
             ray.train.report(metrics, checkpoint=checkpoint)
             return
         # Tune's report wants Tune's Checkpoint class (Train's draws a deprecation warning per report).
         api = importlib.import_module("ray.tune" if self.mode == "tune-local" else "ray.train")
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
-            if state is not None and self.is_main:
-                save_checkpoint(state, folder)
+            if files is not None and self.is_main:
+                save_checkpoint(files, folder)
                 checkpoint = api.Checkpoint.from_directory(folder)
             api.report(metrics, checkpoint=checkpoint)
 
 
-def save_checkpoint(state: dict[str, Any], folder: str) -> None:
-    """The checkpoint file whole or not at all (a full disk must not leave a torn one to upload). Ray then
+def save_checkpoint(files: dict[str, dict[str, Any]], folder: str) -> None:
+    """Each checkpoint file whole or not at all (a full disk must not leave a torn one to upload). Ray then
     copies the folder to storage and registers the checkpoint only once the copy has succeeded, so a
     resume never picks a half-copied one: it resumes from the one before."""
+    for name, content in files.items():
+        save_file(content, Path(folder) / name)
+
+
+def save_file(content: dict[str, Any], path: Path) -> None:
+    """One torch file, written to a temp name and renamed (core.atomic.replacing)."""
     from orchestrator.core.atomic import replacing
 
     try:
-        with replacing(Path(folder) / CHECKPOINT_FILE) as tmp, open(tmp, "wb") as handle:
-            torch.save(state, handle)   # through a Python file, so a failed write is an OSError...
+        with replacing(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(content, handle)   # through a Python file, so a failed write is an OSError...
     except RuntimeError as err:
         if isinstance(err.__context__, OSError):   # ...which torch's zip writer hides behind its own error
             raise err.__context__ from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.core.config import ExperimentConfig
+from orchestrator.core.selection import Selection
 
 Pair = tuple[str, "str | None"]   # (image path, mask path or None)
 
@@ -22,3 +23,6 @@ class TrialInput:
     launched_at: float = 0.0              # when the trainer was built (startup_seconds of the first epoch)
     mode: str = "train"                   # train | tune-local | local (see trainables.distributed)
     driver_node: str = ""                 # the node of the process that built the trainer (recorded in MLflow)
+    selection: Selection = Selection()    # which epoch's model is the run's best (the sweep's metric and mode)
+    test: tuple[Pair, ...] = ()           # scored once, with the best epoch's model (empty: no test split)
+    encoder_file: str | None = None       # the pretrained encoder the student starts from (orchestrator.students)

@@ -1,9 +1,10 @@
 """The per-worker training loop: SemiOVS / UniMatch / supervised, with per-epoch evaluation and checkpoints.
 
-Read top to bottom: `train_loop_per_worker` (Ray Train's entry point) → `run_training` → `train_one_epoch`
-and `evaluate`. One checkpoint dict per epoch (model, optimizer, epoch, step, best, resolved config, and with
-`train.prevmatch` the past models), saved by rank 0; a restarted worker group or a resumed trial continues from
-it. Each epoch reports numbers only; rank 0 writes the epoch's pictures as files (trainables.pictures).
+Read top to bottom: `train_loop_per_worker` (Ray Train's entry point) → `run_training` → `train_epochs` →
+`train_one_epoch` (trainables.evaluation scores it). Each epoch reports numbers and a checkpoint folder
+(trainables.run_state: the student file and the training state), saved by rank 0; a restarted worker group or
+a resumed trial continues from it. After the last epoch the best epoch's model is scored once on the test
+split, when the dataset has one. Rank 0 writes the epoch's pictures as files (trainables.pictures).
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import math
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,19 +24,18 @@ from orchestrator.core.config import ExperimentConfig, flatten
 from orchestrator.core.label_format import read_label_quality, read_label_table
 from trainables.device_setup import Precision, apply_model_settings, device_precision
 from trainables.distributed import WorkerContext, make_context
+from trainables.evaluation import Evaluation, evaluate
 from trainables.inputs import TrialInput
 from trainables.loader import BatchStream, StepBatches, StepPlan, loader_options, to_device
-from trainables.metrics import OOD_GT_COUNTS, ConfusionMatrix, label_agreement
+from trainables.metrics import OOD_GT_COUNTS, label_agreement
 from trainables.mixing import plan_ood_counts
-from trainables.models import build_student
+from trainables.models import build_student_from_config
 from trainables.optim import apply_poly_lr, build_optimizer, unwrap
-from trainables.prevmatch import (PrevGuidance, make_generator, restore_snapshots, snapshot_states,
-                                  triangle_weight, update_snapshots)
+from trainables.prevmatch import PrevGuidance, make_generator, triangle_weight, update_snapshots
 from trainables.recipe import StepOptions, run_step
-from trainables.streams import (BrokenSamples, OODLabels, StreamFiles, StreamSampler, load_image_cached,
-                               load_mask_cached)
+from trainables.run_state import BestEpoch, RunState, checkpoint_files, restore_state
+from trainables.streams import BrokenSamples, OODLabels, StreamFiles, StreamSampler
 
-EVAL_BATCH = 32
 BROKEN_LIST = "broken_samples.txt"
 NODES_FILE = "nodes.json"   # where the run's driver and rank 0 ran (the driver tags the MLflow run)
 
@@ -63,20 +63,6 @@ def ood_counts(cfg: ExperimentConfig, steps: int, seed: int) -> np.ndarray:
     if not cfg.uses_ood or total == 0:
         return np.zeros(steps, dtype=int)
     return np.asarray(plan_ood_counts(total, cfg.ood.ratio, steps, seed), dtype=int)
-
-
-@dataclass
-class RunState:
-    """What a checkpoint carries forward besides the weights."""
-    epoch: int = 0
-    step: int = 0
-    best: float = 0.0
-    snapshots: list = field(default_factory=list)   # PrevMatch: frozen past best models
-    new_best: bool = False                          # did the last epoch set a new best?
-    # The report of the checkpoint's epoch, sent again after a restart: if the node that ran the trial's
-    # Tune function died after Train stored the checkpoint but before Tune got the report, that epoch
-    # would otherwise never reach Tune or MLflow (MLflow logs each epoch once, so a repeat is skipped).
-    last_report: dict = field(default_factory=dict)
 
 
 def step_plan(cfg: ExperimentConfig, steps: int) -> StepPlan:
@@ -126,14 +112,16 @@ def run_training(trial: TrialInput, ctx: WorkerContext) -> None:
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     seed = cfg.seed * 1000 + ctx.rank
     torch.manual_seed(seed)
-    model = build_student(cfg.model.arch, len(trial.class_names), width=cfg.model.width,
-                          fp_dropout=cfg.model.fp_dropout, pretrained_backbone=cfg.model.pretrained_backbone)
+    model = build_student_from_config(len(trial.class_names), cfg.model)
+    if trial.encoder_file:   # pretrained once before the trials (orchestrator.students)
+        model.backbone.load_state_dict(torch.load(trial.encoder_file, map_location="cpu", weights_only=True))
     model = apply_model_settings(model, cfg.train.channels_last, cfg.train.cudnn_benchmark)
     model = ctx.prepare_model(model, cfg.train.sync_bn)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.lr_multi, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     flat = flatten(cfg)
-    state = restore_state(ctx, flat, model, optimizer)
+    state = restore_state(ctx.latest_checkpoint(), flat, model, optimizer,
+                          BestEpoch(trial.selection))
     runner = build_runner(trial, ctx, seed, state.step, model, optimizer)
     try:
         train_epochs(trial, ctx, runner, state, flat, seed)
@@ -176,44 +164,32 @@ def train_epochs(trial: TrialInput, ctx: WorkerContext, runner: EpochRunner, sta
         metrics = {"epoch": state.epoch, "val_miou": ev.miou, "best_val_miou": state.best, **logs,
                    "broken_samples": len(broken), "epoch_seconds": time.time() - started, "step": state.step,
                    "resumed_from_epoch": resumed_from, **label_quality}
-        metrics.update({f"val_iou.{name}": v for name, v in zip(trial.class_names, ev.ious) if math.isfinite(v)})
+        metrics.update(class_scores("val", trial.class_names, ev))
+        state.chosen.offer(state.epoch, metrics, model)
+        if state.epoch == cfg.train.epochs and trial.test:   # the selected model, scored once on held-out data
+            metrics.update(test_scores(trial, ctx, state.chosen, model, broken))
         if ctx.is_main:
             try:
                 write_epoch_files(trial, state.epoch, ev, broken)
             except Exception as err:  # a picture that cannot be drawn or written must not stop training
                 print(f"warning: no evaluation pictures for epoch {state.epoch}: {err!r}", file=sys.stderr, flush=True)
-        ctx.report(metrics, checkpoint_dict(runner, state, flat, metrics) if ctx.is_main else None)
+        metrics["reported_at"] = time.time()   # MLflow stamps the epoch's metrics with it (tracking.client)
+        files = checkpoint_files(model, runner.optimizer, state, flat, trial.class_names, metrics,
+                                 cfg.train.prevmatch) if ctx.is_main else None
+        ctx.report(metrics, files)
 
 
-def restore_state(ctx: WorkerContext, flat: dict[str, Any], model: torch.nn.Module,
-                  optimizer: torch.optim.Optimizer) -> RunState:
-    """Load the run's latest checkpoint into model and optimizer (after a worker failure or a resume)."""
-    saved = ctx.latest_checkpoint()
-    if saved is None:
-        return RunState()
-    check_resumable(saved["config"], flat)
-    unwrap(model).load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    return RunState(saved["epoch"], saved["step"], saved["best_val_miou"],
-                    restore_snapshots(saved.get("prev_models", []), unwrap(model)), saved.get("prev_new_best", False),
-                    saved.get("metrics", {}))
+def class_scores(split: str, class_names: tuple[str, ...], ev: Evaluation) -> dict[str, float]:
+    """`<split>_iou.<class>` for every class the split scores (an absent class has no IoU)."""
+    return {f"{split}_iou.{name}": v for name, v in zip(class_names, ev.ious) if math.isfinite(v)}
 
 
-def checkpoint_dict(runner: EpochRunner, state: RunState, flat: dict[str, Any],
-                    metrics: dict[str, Any]) -> dict[str, Any]:
-    checkpoint = {"model": unwrap(runner.model).state_dict(), "optimizer": runner.optimizer.state_dict(),
-                  "epoch": state.epoch, "step": state.step, "best_val_miou": state.best, "config": flat,
-                  "metrics": plain_numbers(metrics)}
-    if runner.cfg.train.prevmatch:
-        # Costly: every snapshot is a full set of weights, so a checkpoint grows to (1 + prev_max_models)
-        # models, e.g. ~9 × 240 MB for DeepLabV3+ R101 (and Tune keeps two checkpoints per trial).
-        checkpoint.update(prev_models=snapshot_states(state.snapshots), prev_new_best=state.new_best)
-    return checkpoint
-
-
-def plain_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The metrics with numpy scalars as Python numbers: what `torch.load(weights_only=True)` reads back."""
-    return {key: value.item() if isinstance(value, np.generic) else value for key, value in metrics.items()}
+def test_scores(trial: TrialInput, ctx: WorkerContext, chosen: BestEpoch, model: torch.nn.Module,
+                broken: BrokenSamples) -> dict[str, float]:
+    """The best epoch's model on the test split: `test_miou`, per-class `test_iou.*`, and which epoch it was."""
+    ev = evaluate(chosen.model(model, trial.config.train.epochs), list(trial.test[ctx.rank::ctx.world_size]), len(trial.class_names), ctx,
+                  broken=broken)
+    return {"test_miou": ev.miou, "test_epoch": chosen.epoch, **class_scores("test", trial.class_names, ev)}
 
 
 def write_epoch_files(trial: TrialInput, epoch: int, ev: "Evaluation", broken: BrokenSamples) -> None:
@@ -254,20 +230,6 @@ def steps_per_epoch(cfg: ExperimentConfig, sampler: StreamSampler) -> int:
     return cfg.train.iters_per_epoch or max(1, len(sampler.unlabeled) // max(1, n_id or cfg.train.batch_size))
 
 
-# Keys a resumed run may change: how long it runs and with what resources, not what it computes.
-RESUMABLE_CHANGES = ("train.epochs", "train.max_failures", "train.num_workers", "train.overlay_images",
-                     "train.loader_workers", "train.cudnn_benchmark", "train.channels_last", "resources.")
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """A checkpoint only continues the run it came from (same config but for RESUMABLE_CHANGES)."""
-    changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_CHANGES))
-    if changed:
-        raise ValueError(f"the checkpoint being resumed was made with other settings ({', '.join(changed)}); "
-                         f"start a new run (another --name) instead of resuming this one")
-
-
 def train_one_epoch(run: EpochRunner, first_step: int, prev: PrevGuidance | None = None) -> dict[str, float]:
     cfg, model, optimizer = run.cfg, run.model, run.optimizer
     model.train()
@@ -295,48 +257,3 @@ def train_one_epoch(run: EpochRunner, first_step: int, prev: PrevGuidance | None
     if prev is not None:
         out.update(lambda_prev=prev.weight, prev_models=len(prev.models))
     return out
-
-
-class Evaluation(NamedTuple):
-    ious: list[float]
-    miou: float
-    confusion: list[list[int]]                               # summed over ranks
-    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (image, ground truth, prediction), first `keep`
-
-
-def evaluate(model: torch.nn.Module, val: list, num_classes: int, ctx: WorkerContext, keep: int = 0,
-             broken: BrokenSamples | None = None) -> Evaluation:
-    """Whole val images at native size (the paper's 'original' mode); same-size images are batched.
-
-    The predictions of the first `keep` images of `val` (fixed across epochs) are kept for the overlays.
-    """
-    from orchestrator.core.images import SampleError, check_classes
-    from trainables.augment import to_tensor_normalized
-
-    model.eval()
-    matrix = ConfusionMatrix(num_classes)
-    by_size: dict[tuple, list] = defaultdict(list)
-    for index, (image_path, mask_path) in enumerate(val):
-        try:
-            image, mask = load_image_cached(image_path), check_classes(load_mask_cached(mask_path), num_classes,
-                                                                       mask_path)
-        except SampleError as err:  # left out, and counted and listed with the run's broken samples
-            if broken is not None:
-                broken.add(err.path, err.reason)
-            continue
-        by_size[image.shape].append((index, image, mask))
-    kept = {}
-    with torch.inference_mode():
-        for group in by_size.values():
-            for start in range(0, len(group), EVAL_BATCH):
-                chunk = group[start:start + EVAL_BATCH]
-                x = torch.stack([to_tensor_normalized(img) for _, img, _ in chunk]).to(ctx.device)
-                y = torch.from_numpy(np.stack([m for _, _, m in chunk])).to(ctx.device)
-                pred = model(x).argmax(1)
-                matrix.update(pred, y)
-                kept.update({i: (img, m, pred[j].to(torch.uint8).cpu().numpy())
-                             for j, (i, img, m) in enumerate(chunk) if i < keep})
-    if ctx.distributed:
-        matrix.reduce_from_all_processes()
-    model.train()
-    return Evaluation(*matrix.compute(), matrix.as_lists(), [kept[i] for i in sorted(kept)])

@@ -13,17 +13,19 @@ from typing import Any, Callable, Literal, get_args
 
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.names import resource_problem, text_problem
+from orchestrator.core.plugins import IMPORT_PATH_FORM, is_import_path, load_student_class, load_teacher_class
 
 # Allowed values, declared once: the config validates against them, the CLI help lists them, and the code
 # that dispatches on them (losses, students, teachers, datasets) imports them from here.
 Method = Literal["supervised", "unimatch", "semiovs"]
 LabelSource = Literal["teacher", "self", "none"]
-TeacherKind = Literal["textseg", "maskclip"]
+TeacherKind = Literal["textseg", "maskclip"]   # registered teachers; teacher.kind may also be an import path
 TemplateSet = Literal["single", "imagenet80"]
 Dataset = Literal["shapes", "pascal", "pc60"]
 IdClassPrior = Literal["skewed", "uniform"]   # `shapes`: uniform = every target class equally common in ID
-StudentArch = Literal["unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101"]
-AmpDtype = Literal["auto", "bf16", "fp16"]   # train.amp: auto = bf16 where the device supports it, else fp16
+StudentArch = Literal["unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101"]   # registered; or an import path
+AmpDtype = Literal["auto", "bf16", "fp16"]
+Pretrain = Literal["none", "source_classification"]   # model.pretrain (orchestrator/students)   # train.amp: auto = bf16 where the device supports it, else fp16
 METHODS: tuple[str, ...] = get_args(Method)
 LABEL_SOURCES: tuple[str, ...] = get_args(LabelSource)
 TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
@@ -32,10 +34,15 @@ DATASETS: tuple[str, ...] = get_args(Dataset)
 ID_CLASS_PRIORS: tuple[str, ...] = get_args(IdClassPrior)
 STUDENT_ARCHS: tuple[str, ...] = get_args(StudentArch)
 AMP_DTYPES: tuple[str, ...] = get_args(AmpDtype)
+PRETRAINS: tuple[str, ...] = get_args(Pretrain)
 CHOICES = {"data.dataset": DATASETS, "data.id_class_prior": ID_CLASS_PRIORS, "ood.label_source": LABEL_SOURCES,
            "teacher.kind": TEACHER_KINDS, "teacher.templates": TEMPLATE_SETS, "train.method": METHODS,
            "model.arch": STUDENT_ARCHS}
 CHOICES["train.amp_dtype"] = AMP_DTYPES
+CHOICES["model.pretrain"] = PRETRAINS
+# Keys that take a registered name or a plug-in's import path (docs/extending.md): their registries are
+# orchestrator/teachers/registry.py and trainables/models.py, whose names must be the ones listed here.
+PLUGIN_KEYS = {"teacher.kind": "teacher", "model.arch": "student"}
 
 
 def _require(ok: bool, key: str, problem: str, fix: str) -> None:
@@ -46,6 +53,15 @@ def _require(ok: bool, key: str, problem: str, fix: str) -> None:
 def _one_of(value: str, allowed: tuple[str, ...], key: str) -> None:
     _require(value in allowed, key, f"'{value}' is not a valid value",
              "use one of " + ", ".join(allowed))
+
+
+def _registered_or_import_path(value: str, registered: tuple[str, ...], key: str) -> None:
+    """A registered name, or text of the form package.module:Class. Syntax only: importing it is build_config's
+    job (see _check_plugins)."""
+    _require(value in registered or is_import_path(value), key,
+             f"'{value}' is not a valid value: neither a registered {PLUGIN_KEYS[key]} nor an import path",
+             f"use one of {', '.join(registered)}, or a plug-in's import path {IMPORT_PATH_FORM} "
+             f"(docs/extending.md)")
 
 
 def _between(value: float, lo: float, hi: float, key: str) -> None:
@@ -63,6 +79,7 @@ class DataConfig:
     crop_size: int = 64         # training crop (the paper uses 321 on VOC)
     num_train: int = 2000       # `shapes`: ID train pool (labeled splits + unlabeled)
     num_val: int = 2000         # `shapes`: ID val images (300 left ±2 mIoU of sampling noise; README, Measured)
+    num_test: int = 2000        # `shapes`: held-out ID test images, never used for selection (0 = none)
     num_ood: int = 4000         # `shapes`: OOD corpus images
     num_source: int = 2000      # `shapes`: labeled source corpus (wide vocabulary) for fitting the teacher
     distractor_share: float = 0.5  # `shapes`: share of OOD objects that are distractors
@@ -77,6 +94,7 @@ class DataConfig:
         _between(self.crop_size, 16, 1024, "data.crop_size")
         for key in ("num_train", "num_val", "num_ood", "num_source"):
             _require(getattr(self, key) >= 1, f"data.{key}", "must be >= 1", "use a positive count")
+        _require(self.num_test >= 0, "data.num_test", "is negative", "use 0 (no test split) or a positive count")
         _between(self.distractor_share, 0.0, 1.0, "data.distractor_share")
         _between(self.style_shift, 0.0, 1.0, "data.style_shift")
         _one_of(self.id_class_prior, ID_CLASS_PRIORS, "data.id_class_prior")
@@ -102,7 +120,9 @@ class OODConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: TeacherKind = "textseg"  # textseg = the benchmark's fitted teacher; maskclip = open_clip ViT, training-free
+    # textseg = the benchmark's fitted teacher; maskclip = open_clip ViT, training-free; or a plug-in's import
+    # path package.module:Class (docs/extending.md)
+    kind: str = "textseg"
     pretrained: str = ""        # checkpoint file (or open_clip tag for maskclip); "" = fit/reuse the cached textseg
     arch: str = "ViT-B-16"      # open_clip model name (maskclip)
     templates: TemplateSet = "single"  # prompt templates
@@ -113,7 +133,7 @@ class TeacherConfig:
     label_noise: float = 0.0    # share of the teacher's OOD object segments given a wrong class (a weaker teacher)
 
     def __post_init__(self):
-        _one_of(self.kind, TEACHER_KINDS, "teacher.kind")
+        _registered_or_import_path(self.kind, TEACHER_KINDS, "teacher.kind")
         _one_of(self.templates, TEMPLATE_SETS, "teacher.templates")
         _require(self.resolution >= 0, "teacher.resolution", "is negative", "use 0 (native) or a size in pixels")
         _require(self.batch_size >= 1, "teacher.batch_size", "must be >= 1", "use a positive batch size")
@@ -173,15 +193,21 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    arch: StudentArch = "unet_small"
+    arch: str = "unet_small"    # a registered student (StudentArch) or a plug-in's import path package.module:Class
     width: int = 16             # base channel count of unet_small
     fp_dropout: float = 0.5     # Dropout2d of UniMatch's feature-perturbation branch
     pretrained_backbone: str = ""  # local file with torchvision ResNet weights ("" = random init)
+    # How the encoder starts when pretrained_backbone is "": source_classification = pretrained once (cached) by
+    # image-level classification of the dataset's labeled source corpus (orchestrator/students); none = random
+    pretrain: Pretrain = "none"
+    pretrain_steps: int = 3000   # SGD steps of that pretraining (batch 32)
 
     def __post_init__(self):
-        _one_of(self.arch, STUDENT_ARCHS, "model.arch")
+        _registered_or_import_path(self.arch, STUDENT_ARCHS, "model.arch")
         _require(self.width >= 4, "model.width", "must be >= 4", "use a larger width")
         _between(self.fp_dropout, 0.0, 0.95, "model.fp_dropout")
+        _one_of(self.pretrain, PRETRAINS, "model.pretrain")
+        _require(self.pretrain_steps >= 1, "model.pretrain_steps", "must be >= 1", "use a positive number of steps")
 
 
 @dataclass
@@ -290,8 +316,25 @@ def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
     return flat
 
 
-def build_config(overrides: dict[str, Any] | None = None, source: str = "config") -> ExperimentConfig:
-    """Defaults + dotted-key overrides → a validated ExperimentConfig (raises ConfigError)."""
+def _check_plugins(cfg: ExperimentConfig) -> None:
+    """Import the plug-ins an import-path teacher.kind / model.arch names and check them against their protocol.
+
+    Why here: every value a user gives (--set, a search space's fixed: and each swept value, the Python API) is
+    turned into a config by build_config before Ray starts, so a missing module or class is one error line, not
+    a failed labeling actor or trial. Not in __post_init__ and not in config_from_flat: a config rebuilt from its
+    flat form (a trial's params, a saved student's config) was checked when it was made, and there it would make
+    every trial process and `run.py predict` import a teacher they never run. A module is imported once per
+    process (sys.modules), so checking every swept value costs nothing more."""
+    if is_import_path(cfg.teacher.kind):
+        load_teacher_class(cfg.teacher.kind, "teacher.kind")
+    if is_import_path(cfg.model.arch):
+        load_student_class(cfg.model.arch, "model.arch")
+
+
+def build_config(overrides: dict[str, Any] | None = None, source: str = "config", *,
+                 check_plugins: bool = True) -> ExperimentConfig:
+    """Defaults + dotted-key overrides → a validated ExperimentConfig (raises ConfigError).
+    `check_plugins`: import and check a plug-in teacher.kind / model.arch (see _check_plugins)."""
     values = flatten(ExperimentConfig())
     for key, value in (overrides or {}).items():
         values[key] = coerce_value(key, value, source)
@@ -307,16 +350,24 @@ def build_config(overrides: dict[str, Any] | None = None, source: str = "config"
                if f.default_factory is not dataclasses.MISSING}
     try:
         built = {name: classes[name](**kwargs) for name, kwargs in sections.items()}
-        return ExperimentConfig(**built, **top)
+        cfg = ExperimentConfig(**built, **top)
+        if check_plugins:
+            _check_plugins(cfg)
+        return cfg
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
 
 
 def config_from_flat(flat: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Rebuild a config from its flat form (e.g. a trial's resolved params)."""
-    return build_config(flat, source)
+    """Rebuild a config from its flat form (e.g. a trial's resolved params). Its plug-ins were checked when it was
+    first built; they are imported where they run (see _check_plugins)."""
+    return build_config(flat, source, check_plugins=False)
 
 
 def allowed_values_help() -> str:
     """The keys that take one of a few values, with those values (for `--help`)."""
-    return "keys with fixed values: " + "; ".join(f"{key} = {' | '.join(values)}" for key, values in CHOICES.items())
+    def listing(key: str, values: tuple[str, ...]) -> str:
+        plugin = [f"{IMPORT_PATH_FORM} (a plug-in {PLUGIN_KEYS[key]}, docs/extending.md)"] if key in PLUGIN_KEYS else []
+        return f"{key} = {' | '.join([*values, *plugin])}"
+
+    return "keys with fixed values: " + "; ".join(listing(key, values) for key, values in CHOICES.items())

@@ -18,6 +18,7 @@ class DataPlan:
     labeled: tuple[tuple[str, str | None], ...]
     unlabeled: tuple[tuple[str, str | None], ...]
     val: tuple[tuple[str, str | None], ...]
+    test: tuple[tuple[str, str | None], ...]  # empty when the dataset has no test list
     ood: tuple[tuple[str, str], ...]        # (image_id, absolute image path), subsampled by ood.num_images
     ood_masks: tuple[str | None, ...]       # ground truth of OOD images when it exists (diagnostics only)
     vocabulary: Vocabulary                  # the target classes (label ids)
@@ -29,7 +30,8 @@ def shapes_spec(cfg: ExperimentConfig):
 
     d = cfg.data
     splits = tuple(n for n in ShapesSpec.splits if n < d.num_train)  # a small pool keeps the splits that fit
-    return ShapesSpec(image_size=d.image_size, num_train=d.num_train, num_val=d.num_val, num_ood=d.num_ood,
+    return ShapesSpec(image_size=d.image_size, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
+                      num_ood=d.num_ood,
                       num_source=d.num_source, distractor_share=d.distractor_share, style_shift=d.style_shift,
                       seed=d.seed, splits=splits or (1,), id_class_prior=d.id_class_prior)
 
@@ -56,7 +58,7 @@ def build_plan(cfg: ExperimentConfig, cache_root: Path) -> DataPlan:
         raise ConfigError(f"ood.num_images={cfg.ood.num_images} but the OOD corpus has {len(corpus)} "
                           f"images. Fix: use at most {len(corpus)}, or 0 for all.")
     keep = subsample_corpus(corpus, cfg.ood.num_images, cfg.seed)  # nested: a larger subset adds images
-    return DataPlan(root=str(root), labeled=ds.labeled, unlabeled=ds.unlabeled, val=ds.val,
+    return DataPlan(root=str(root), labeled=ds.labeled, unlabeled=ds.unlabeled, val=ds.val, test=ds.test,
                     ood=tuple((image_id, path) for image_id, path, _ in keep),
                     ood_masks=tuple(mask for _, _, mask in keep), vocabulary=vocab,
                     teacher_vocabulary=teacher_vocabulary(root, vocab))

@@ -54,7 +54,7 @@ LOOKALIKE = {"ellipse": "disk", "rectangle": "square", "trapezoid": "triangle", 
 _NUM_TARGET = TARGET_VOCAB.num_classes - 1
 _ID_PRIOR = (0.35, 0.25, 0.18, 0.13, 0.09)  # ID objects: disks common, rings rare ...
 _OOD_PRIOR = _ID_PRIOR[::-1]                # ... OOD objects: the other way round
-_DOMAINS = {"train": 0, "val": 1, "ood": 2, "source": 3}
+_DOMAINS = {"train": 0, "val": 1, "ood": 2, "source": 3, "test": 4}
 _MAX_COUNT = 100_000  # ids are 5 digits
 
 
@@ -66,6 +66,7 @@ class ShapesSpec:
     image_size: int = DataConfig.image_size
     num_train: int = DataConfig.num_train
     num_val: int = DataConfig.num_val
+    num_test: int = DataConfig.num_test   # held-out ID images, never used for selection (0 = no test split)
     num_ood: int = DataConfig.num_ood
     num_source: int = DataConfig.num_source
     splits: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -82,6 +83,7 @@ class ShapesSpec:
         need(isinstance(self.image_size, int) and 32 <= self.image_size <= 512, "image_size", "an int in 32..512")
         for f in ("num_train", "num_val", "num_ood", "num_source"):
             need(isinstance(getattr(self, f), int) and 1 <= getattr(self, f) < _MAX_COUNT, f, f"an int in 1..{_MAX_COUNT - 1}")
+        need(isinstance(self.num_test, int) and 0 <= self.num_test < _MAX_COUNT, "num_test", f"an int in 0..{_MAX_COUNT - 1}")
         need(isinstance(self.splits, (tuple, list)) and len(self.splits) > 0
              and all(isinstance(n, int) and 1 <= n < self.num_train for n in self.splits)
              and len(set(self.splits)) == len(self.splits),
@@ -96,12 +98,15 @@ class ShapesSpec:
     @classmethod
     def smoke(cls, **overrides) -> "ShapesSpec":
         """A tiny dataset for tests and `--smoke` runs (generates in about a second)."""
-        return cls(**{**dict(num_train=40, num_val=16, num_ood=40, num_source=40, splits=(8, 16)), **overrides})
+        return cls(**{**dict(num_train=40, num_val=16, num_test=16, num_ood=40, num_source=40, splits=(8, 16)),
+                      **overrides})
 
     def to_dict(self) -> dict:
         out = {**dataclasses.asdict(self), "splits": list(self.splits)}
         if self.id_class_prior == "skewed":  # the first default is left out: such specs keep their digest (cache)
             del out["id_class_prior"]
+        if self.num_test == 0:              # likewise for a spec without a test split
+            del out["num_test"]
         return out
 
     def digest(self) -> str:
@@ -121,6 +126,7 @@ def domain_contents(spec: ShapesSpec) -> dict[str, render.Content]:
     return {
         "train": id_content,
         "val": id_content,
+        "test": id_content,
         "ood": render.Content(num_objects=(2, 5), num_clutter=(3, 8), radius=(0.12, 0.34), class_probs=ood_probs),
         "source": render.Content(num_objects=(2, 5), num_clutter=(1, 6), radius=(0.10, 0.36), class_probs=src_probs),
     }
@@ -198,7 +204,7 @@ def _render_domain(spec: ShapesSpec, root: Path, domain: str, count: int, bar=No
         if bar is not None:
             bar.update(1)   # counts the image being drawn: cheap, and the ETA needs no more precision
         rng = _rng(spec, _DOMAINS[domain], i)
-        if domain in ("train", "val"):
+        if domain in ("train", "val", "test"):
             img, lab = render.render_scene(rng, spec.image_size, content, 0.0)
             w.image(f"JPEGImages/{domain}_{i:05d}.jpg", img)
             w.mask(f"SegmentationClass/{domain}_{i:05d}.png", lab)
@@ -219,13 +225,13 @@ def _write_all(spec: ShapesSpec, root: Path, progress=None) -> dict:
     from orchestrator.core.progress import silent
 
     w = _Writer(root)
-    total = spec.num_train + spec.num_val + spec.num_ood + spec.num_source
+    total = spec.num_train + spec.num_val + spec.num_test + spec.num_ood + spec.num_source
     bar = (progress or silent)("generating the shapes benchmark", total, "image")
     w.write("classes.json", json.dumps({"target": TARGET_VOCAB.to_dict(), "source": SOURCE_VOCAB.to_dict(),
                                         "distractors": list(DISTRACTOR_NAMES)}, indent=2, sort_keys=True).encode())
     present: list[set[int]] = []
-    for domain, count in (("train", spec.num_train), ("val", spec.num_val), ("ood", spec.num_ood),
-                          ("source", spec.num_source)):
+    for domain, count in (("train", spec.num_train), ("val", spec.num_val), ("test", spec.num_test),
+                          ("ood", spec.num_ood), ("source", spec.num_source)):
         hashes, shown = _render_domain(spec, root, domain, count, bar)
         w.hashes.update(hashes)
         present += shown if domain == "train" else []
@@ -237,13 +243,16 @@ def _write_all(spec: ShapesSpec, root: Path, progress=None) -> dict:
         w.split(f"splits/{n}/labeled.txt", [_pair(f"train_{i:05d}") for i in sorted(labeled)])
         w.split(f"splits/{n}/unlabeled.txt", [_pair(f"train_{i:05d}") for i in range(spec.num_train) if i not in labeled])
     w.split("splits/val.txt", [_pair(f"val_{i:05d}") for i in range(spec.num_val)])
+    if spec.num_test:
+        w.split("splits/test.txt", [_pair(f"test_{i:05d}") for i in range(spec.num_test)])
     w.split("ood/list.txt", [_pair(f"ood_{i:05d}") for i in range(spec.num_ood)])
     w.split("source/list.txt", [_pair(f"src_{i:05d}") for i in range(spec.num_source)])
 
     manifest = {
         "name": f"shapes-{spec.digest()}", "generator_version": GENERATOR_VERSION, "seed": spec.seed,
         "spec": spec.to_dict(),
-        "counts": {"train": spec.num_train, "val": spec.num_val, "ood": spec.num_ood, "source": spec.num_source,
+        "counts": {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test, "ood": spec.num_ood,
+                   "source": spec.num_source,
                    "files": len(w.hashes)},
         "digest": w.digest(),
     }

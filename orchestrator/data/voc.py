@@ -82,10 +82,12 @@ class SegDataset:
     labeled: tuple[Pair, ...]
     unlabeled: tuple[Pair, ...]
     val: tuple[Pair, ...]
+    test: tuple[Pair, ...] = ()   # `<splits_dir>/test.txt` when the dataset has one: never used for selection
 
     @classmethod
     def resolve(cls, root: str | Path, split: str | int, splits_dir: str | Path | None = None) -> "SegDataset":
-        """Find `<splits_dir>/<split>/{labeled,unlabeled}.txt` and `<splits_dir>/val.txt`.
+        """Find `<splits_dir>/<split>/{labeled,unlabeled}.txt`, `<splits_dir>/val.txt` and, if present,
+        `<splits_dir>/test.txt`.
 
         `splits_dir` defaults to `<root>/splits` (the shapes layout). For the SemiOVS repo layout pass e.g.
         `SemiOVS/splits/pascal` with root `data/pascal`; split names are folder names there ("92", "1_16", ...).
@@ -112,7 +114,9 @@ class SegDataset:
         if not Path(first).is_file():
             raise DatasetError(f"{files['labeled']} names {first}, which does not exist. Split paths are relative "
                                f"to the dataset root ({root}): is data.root the folder that holds JPEGImages/?")
-        return cls(str(root), split, lists["labeled"], lists["unlabeled"], lists["val"])
+        test = sdir / "test.txt"
+        lists["test"] = tuple(_absolute(root, p) for p in read_split_file(test)) if test.is_file() else ()
+        return cls(str(root), split, lists["labeled"], lists["unlabeled"], lists["val"], lists["test"])
 
 
 def _absolute(base: Path, pair: Pair) -> Pair:
@@ -137,6 +141,17 @@ def list_ood_corpus(root_or_list_file: str | Path) -> list[tuple[str, str | None
     if not images:
         raise DatasetError(f"OOD corpus folder {p} has no list.txt and no {'/'.join(IMAGE_EXTENSIONS)} images in it")
     return [(img, None) for img in images]
+
+
+def load_source_corpus(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The labeled source corpus of a dataset (`<root>/source/`): images [N,H,W,3] and masks [N,H,W] in the
+    source vocabulary. The teacher is fitted on it and the student's encoder pretrained on it."""
+    from orchestrator.core.images import load_image, load_mask
+
+    pairs = list_ood_corpus(Path(data_root) / "source")
+    images = np.stack([load_image(img) for img, _ in pairs])
+    masks = np.stack([load_mask(mask) for _, mask in pairs])
+    return images, masks
 
 
 def load_vocabulary(root: str | Path, key: str = "target") -> Vocabulary:

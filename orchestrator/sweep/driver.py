@@ -22,7 +22,9 @@ from orchestrator.core.paths import default_cache_root, default_storage_root, fi
 from orchestrator.sweep.space import SearchSpace, load_space, make_search_alg, resolve_base, to_param_space
 from orchestrator.labels.job import LabelRequest
 from orchestrator.sweep import results
-from orchestrator.sweep.plan import asha_max_t, driver_resources, labeling_configs, per_trial_cpus, trial_packing
+from orchestrator.students.encoder import EncoderRequest
+from orchestrator.sweep.plan import (asha_max_t, driver_resources, encoder_configs, labeling_configs, per_trial_cpus,
+                                     trial_packing)
 from orchestrator.sweep.utilization import core_utilization
 from orchestrator.tracking import client as mlflow_runs
 from orchestrator.tracking.session import SweepTracking
@@ -55,6 +57,8 @@ class SweepOutcome:
     seconds: float
     tracking_uri: str
     unlogged: str | None = None   # the line saying what MLflow lacks and how to sync it (None: nothing)
+    best_model: tuple[str, str, float] | None = None   # (model id, trial id, score) named on the parent run
+    metric: str = "val_miou"                            # the sweep's metric (what the score is)
 
 
 def prepare_state(req: SweepRequest, space: SearchSpace, storage: str, name: str) -> tuple[dict[str, Any], bool]:
@@ -96,7 +100,7 @@ class SweepRun:
     storage: str             # Tune's storage root (a folder or a URI); the sweep's folder is storage / name
     cache: Path
     tracking: SweepTracking  # MLflow: parent run, background writer, reconcile
-    label_stores: dict[LabelRequest, str]
+    inputs: "PreparedInputs"   # what the trials read: label stores, pretrained encoders
     resume: bool
     quiet: bool
 
@@ -125,6 +129,7 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     state, is_new = prepare_state(req, space, storage, name)
     base = state["base"]
     to_label = labeling_configs(space, base)   # validates label-relevant axes before Ray starts
+    to_pretrain = encoder_configs(space, base)   # likewise the encoder's
 
     from orchestrator.preflight import check_shared_folders
     from orchestrator.runtime import init_ray
@@ -137,9 +142,11 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     check_shared_folders({"cache": cache, "storage": storage})
     if is_new:
         write_state(state, sweep_dir)
-    label_stores, labeling = prepare_data_and_labels(base, to_label, cache, console.say, console.progress)
+    inputs = prepare_inputs(base, to_label, to_pretrain, cache, console.say, console.progress)
+    labeling = inputs.labeling
 
-    tracking = SweepTracking(uri, name, storage, sweep_dir, base, files_root(storage, cache, name))
+    tracking = SweepTracking(uri, name, storage, sweep_dir, base, files_root(storage, cache, name), space.selection,
+                             space.log_models)
     tracking.start(resume=req.resume)
     parent = tracking.parent_run_id
     tracking.submit("the sweep inputs", lambda: _log_sweep_inputs(uri, parent, state, labeling))
@@ -149,8 +156,8 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     if req.resume:   # what MLflow missed before the interruption, from Tune's storage
         tracking.reconcile()
 
-    run = SweepRun(name, space, base, storage, cache, tracking, label_stores, req.resume, req.quiet)
-    console.say(f"{STAGES[3]}: {space.num_trials()} trial(s), {packing.concurrent} at once")
+    run = SweepRun(name, space, base, storage, cache, tracking, inputs, req.resume, req.quiet)
+    console.say(f"{STAGES[4]}: {space.num_trials()} trial(s), {packing.concurrent} at once")
     usage = _usage_window()
     grid = _fit_tuner(run, console, packing.concurrent)
     figures = usage.finish() if usage is not None else {}
@@ -161,7 +168,8 @@ def run_sweep(req: SweepRequest) -> SweepOutcome:
     line = tracking.finish(lambda: write_summary(uri, parent, rows, space, seconds), console.say)
     _refuse_full_disk(grid, sweep_dir, line)
     return SweepOutcome(name, tracking.experiment_id, parent, rows,
-                        results.format_text(rows, space.swept_keys, space.metric), seconds, uri, line)
+                        results.format_text(rows, space.swept_keys, space.metric), seconds, uri, line,
+                        tracking.ledger.best_model, space.metric)
 
 
 def _refuse_full_disk(grid, sweep_dir: str, unlogged: str | None) -> None:
@@ -176,37 +184,53 @@ def _refuse_full_disk(grid, sweep_dir: str, unlogged: str | None) -> None:
                              "run the same command with --resume")
 
 
-STAGES = ("stage 1/4 data", "stage 2/4 teacher", "stage 3/4 labels", "stage 4/4 trials")
+STAGES = ("stage 1/5 data", "stage 2/5 encoder", "stage 3/5 teacher", "stage 4/5 labels", "stage 5/5 trials")
 
 
-def prepare_data_and_labels(base: dict[str, Any], to_label: list[dict[str, Any]], cache: Path, say,
-                            progress=None) -> tuple[dict[LabelRequest, str], list[dict]]:
-    """Generate the benchmark if needed and label each distinct LabelRequest once, before any trial.
-    Returns the label store of each request (handed to the trials) and the labeling summaries.
-    Says which stage it is in (data, teacher, labels) before each; `progress` (a core.progress factory) shows
-    the long ones."""
+@dataclass(frozen=True)
+class PreparedInputs:
+    """What the stages before the trials made, for the trials to read (they never make any of it)."""
+    label_stores: dict[LabelRequest, str]      # each distinct label request → its label store
+    encoders: dict[EncoderRequest, str]        # each distinct encoder request → its pretrained encoder file
+    labeling: list[dict]                       # the labeling summaries (the parent run logs them)
+
+
+def prepare_inputs(base: dict[str, Any], to_label: list[dict[str, Any]], to_pretrain: list[dict[str, Any]],
+                   cache: Path, say, progress=None) -> PreparedInputs:
+    """Generate the benchmark if needed, pretrain each distinct student encoder once, and label each distinct
+    LabelRequest once, before any trial. Says which stage it is in before each; `progress` (a core.progress
+    factory) shows the long ones."""
     from orchestrator.data.plan import dataset_root
     from orchestrator.labels.job import ensure_labels
+    from orchestrator.students.encoder import ensure_pretrained_encoder
     from orchestrator.teachers.fit_task import ensure_fitted_teacher
 
     began = time.time()
     say(f"{STAGES[0]}: the dataset in {cache}")
     root = dataset_root(config_from_flat(base), cache, progress)
     say(f"{STAGES[0]}: ready in {time.time() - began:.0f} s ({root})")
+    encoders = {}
+    for flat in to_pretrain:
+        cfg = config_from_flat(flat)
+        began = time.time()
+        say(f"{STAGES[1]}: the {cfg.model.arch} student's encoder ({cfg.model.pretrain})")
+        path = ensure_pretrained_encoder(cfg, cache, dataset_root(cfg, cache), say, progress)
+        say(f"{STAGES[1]}: ready in {time.time() - began:.0f} s")
+        encoders[EncoderRequest.from_config(cfg)] = str(path)
     stores, summaries = {}, []
     for flat in to_label:
         cfg = config_from_flat(flat)
         began = time.time()
-        say(f"{STAGES[1]}: {cfg.teacher.kind}")
+        say(f"{STAGES[2]}: {cfg.teacher.kind}")
         ensure_fitted_teacher(cfg, cache, dataset_root(cfg, cache), say, progress)
-        say(f"{STAGES[1]}: ready in {time.time() - began:.0f} s")
-        say(f"{STAGES[2]}: OOD pseudo-labels")
+        say(f"{STAGES[2]}: ready in {time.time() - began:.0f} s")
+        say(f"{STAGES[3]}: OOD pseudo-labels")
         outcome = ensure_labels(cfg, cache, say, progress)
         summary = outcome.summary()
         say(("reused" if outcome.reused else "labeled") + f" OOD pseudo-labels: {json.dumps(summary)}")
         stores[LabelRequest.from_config(cfg)] = outcome.path
         summaries.append(summary)
-    return stores, summaries
+    return PreparedInputs(stores, encoders, summaries)
 
 
 def _packing(space: SearchSpace, base: dict[str, Any]):
@@ -271,12 +295,15 @@ def _log_core_use(run: SweepRun, figures: dict[str, float], rows: list, console:
 def _fit_tuner(run: SweepRun, console: Console, concurrent: int):
     from ray import tune
 
-    from orchestrator.trial import run_trial
+    from orchestrator.trial import keep_best_and_latest, run_trial
 
+    selection = run.space.selection
     resources = {k: v for k, v in driver_resources(run.base).items() if v > 0}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=run.base, cache_root=str(run.cache), storage=run.sweep_dir,
-                             files_root=str(run.files_root), label_stores=run.label_stores), resources)
+                             files_root=str(run.files_root), label_stores=run.inputs.label_stores,
+                             encoders=run.inputs.encoders, selection=selection),
+        resources)
     if run.resume:
         if not tune.Tuner.can_restore(run.sweep_dir):
             console.say(f"no Tune state in {run.sweep_dir} yet: starting the trials from the beginning")
@@ -296,9 +323,9 @@ def _fit_tuner(run: SweepRun, console: Console, concurrent: int):
                                   # a trial whose node dies (driver or workers) restarts from its last checkpoint
                                   failure_config=tune.FailureConfig(
                                       max_failures=config_from_flat(run.base).train.trial_retries),
-                                  # local-mode trials report checkpoints to Tune, which keeps each one's
-                                  # metrics in the experiment state: keep only the last two
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  # a trial's best checkpoint by the sweep's metric, and its latest: the
+                                  # epochs' checkpoints of local-mode trials, the best model of the others
+                                  checkpoint_config=keep_best_and_latest(tune.CheckpointConfig, selection),
                                   verbose=0 if run.quiet else 1),
     )
     return tuner.fit()

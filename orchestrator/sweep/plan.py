@@ -9,44 +9,57 @@ from orchestrator.core.config import config_from_flat
 from orchestrator.core.errors import SpaceError
 from orchestrator.core.nodes import CUSTOM_SHARE
 from orchestrator.labels.job import LABEL_KEYS, LabelRequest
+from orchestrator.students.encoder import ENCODER_KEYS, EncoderRequest, wants_pretraining
 from orchestrator.sweep.space import DISCRETE, SearchSpace
 
 # Keys that decide whether a trial reads teacher labels at all (beside the keys of the labels themselves).
 _NEEDS_LABELS = ("train.method", "ood.label_source")
 
 
-def _labeling_axis(key: str) -> bool:
-    return key in LABEL_KEYS or key in _NEEDS_LABELS
-
-
-def labeling_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat config per distinct LabelRequest that the sweep's trials will make (in sweep order).
-
-    A label key swept by a continuous distribution could need unboundedly many labeling runs, so it is
-    refused with the fix.
-    """
+def _distinct_configs(space: SearchSpace, base: dict[str, Any], axis_keys: set[str], what: str, request_of,
+                      needed, adjust=None) -> list[dict[str, Any]]:
+    """One flat config per distinct request (`request_of(cfg)`) that the sweep's trials will make (in sweep
+    order), among the trials that `needed` says make one. Only the swept keys in `axis_keys` are varied; one
+    swept by a continuous distribution could need unboundedly many runs of `what`, so it is refused."""
     axes = {}
     for key, dist in space.parameters.items():
-        if not _labeling_axis(key):
+        if key not in axis_keys:
             continue
         if dist.kind not in DISCRETE:
             raise SpaceError(f"{space.source}: 'parameters.{key}': a {dist.kind} distribution would need a "
-                             f"new labeling run per sampled value. Fix: sweep it with grid or choice.")
+                             f"new {what} per sampled value. Fix: sweep it with grid or choice.")
         axes[key] = dist.args
-    # ood.ratio decides whether the teacher is needed at all: keep the largest swept value.
-    ratio = space.parameters.get("ood.ratio")
-    ratio_value = max(ratio.args) if ratio and ratio.kind in DISCRETE else (ratio.args[1] if ratio else None)
     seen, out = set(), []
     for combo in itertools.product(*axes.values()):
         flat = {**base, **dict(zip(axes, combo))}
-        if ratio_value is not None:
-            flat["ood.ratio"] = ratio_value
+        if adjust is not None:
+            adjust(flat)
         cfg = config_from_flat(flat, space.source)
-        request = LabelRequest.from_config(cfg)
-        if cfg.uses_teacher_labels and request not in seen:
+        request = request_of(cfg)
+        if needed(cfg) and request not in seen:
             seen.add(request)
             out.append(flat)
     return out
+
+
+def labeling_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat config per distinct LabelRequest that the sweep's trials will make (in sweep order)."""
+    # ood.ratio decides whether the teacher is needed at all: keep the largest swept value.
+    ratio = space.parameters.get("ood.ratio")
+    ratio_value = max(ratio.args) if ratio and ratio.kind in DISCRETE else (ratio.args[1] if ratio else None)
+
+    def with_ratio(flat: dict[str, Any]) -> None:
+        if ratio_value is not None:
+            flat["ood.ratio"] = ratio_value
+
+    return _distinct_configs(space, base, set(LABEL_KEYS) | set(_NEEDS_LABELS), "labeling run",
+                             LabelRequest.from_config, lambda cfg: cfg.uses_teacher_labels, with_ratio)
+
+
+def encoder_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat config per distinct EncoderRequest (a student encoder to pretrain) of the sweep's trials."""
+    return _distinct_configs(space, base, set(ENCODER_KEYS), "encoder pretraining", EncoderRequest.from_config,
+                             wants_pretraining)
 
 
 # What a trial's Tune function reserves beside its CPUs: it only builds its TorchTrainer and waits on it, so it

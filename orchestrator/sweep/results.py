@@ -34,7 +34,10 @@ def rows_from_result_grid(grid, swept_keys: list[str], metric: str, mode: str, m
             values = [v for v in history[metric].tolist() if isinstance(v, (int, float)) and math.isfinite(v)]
         best = (max(values) if mode == "max" else min(values)) if values else float("nan")
         metrics = result.metrics or {}
-        epochs = int(metrics.get("epoch", len(values)) or 0)
+        # the last report may hand Tune the best model (it repeats the best epoch): count epochs by their number
+        epoch_numbers = [e for e in history["epoch"].tolist() if isinstance(e, (int, float)) and math.isfinite(e)] \
+            if history is not None and "epoch" in history else []
+        epochs = int(max(epoch_numbers, default=metrics.get("epoch", len(values)) or 0))
         trial_id = str(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1])
         rows.append(TrialRow(trial_id, {k: result.config.get(k) for k in swept_keys}, best, epochs,
                              trial_status(result.error is not None, epochs, max_epochs),

@@ -3,8 +3,9 @@
 Format (YAML):
 
     name: ood_ratio                # sweep name = MLflow experiment (default: the file's stem)
-    metric: val_miou               # default val_miou
+    metric: val_miou               # default val_miou; also picks each trial's best checkpoint and model
     mode: max                      # max | min
+    log_models: all                # MLflow models: every trial's best (all) | none | the k best trials' (topK)
     num_samples: 1                 # repeats of the grid (random draws for non-grid parameters)
     max_concurrent_trials: 1       # optional; default from the cluster's CPUs
     search: random                 # random: every grid value × num_samples random draws | optuna: TPE
@@ -28,13 +29,14 @@ import yaml
 
 from orchestrator.core.config import CONFIG_KEYS, build_config, coerce_value, flatten
 from orchestrator.core.names import name_problem, shown
+from orchestrator.core.selection import ModelPolicy, Selection
 from orchestrator.core.errors import ConfigError, SpaceError
 
 DISCRETE = ("grid", "choice")
 CONTINUOUS = ("uniform", "loguniform", "randint")
 DISTRIBUTIONS = DISCRETE + CONTINUOUS
 TOP_KEYS = ("name", "description", "metric", "mode", "num_samples", "max_concurrent_trials",
-            "scheduler", "fixed", "parameters", "seed", "search")
+            "scheduler", "fixed", "parameters", "seed", "search", "log_models")
 # random: Tune's variant generator (every grid value, the other distributions drawn at random);
 # optuna: Optuna's TPE proposes each trial from the results so far (num_samples = trials in all)
 SEARCHERS = ("random", "optuna")
@@ -66,12 +68,18 @@ class SearchSpace:
     seed: int = 0
     scheduler: Scheduler = field(default_factory=Scheduler)
     search: str = "random"      # one of SEARCHERS
+    log_models: ModelPolicy = field(default_factory=ModelPolicy)
     fixed: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, Distribution] = field(default_factory=dict)
 
     @property
     def swept_keys(self) -> list[str]:
         return list(self.parameters)
+
+    @property
+    def selection(self) -> Selection:
+        """Which epoch of a trial, and which trial of the sweep, is best."""
+        return Selection(self.metric, self.mode)
 
     def num_trials(self) -> int:
         if self.search == "optuna":
@@ -127,6 +135,10 @@ def parse_space(doc: Any, source: str, default_name: str = "sweep") -> SearchSpa
     seed = doc.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         fail("seed", f"{seed!r} is not an integer", "use an integer seed")
+    try:
+        log_models = ModelPolicy.parse(doc.get("log_models", "all"))
+    except ValueError:
+        fail("log_models", f"{doc.get('log_models')!r} is not a model policy", f"use {ModelPolicy.TEXT}")
 
     fixed = _parse_fixed(doc.get("fixed") or {}, source, fail)
     parameters = _parse_parameters(doc.get("parameters") or {}, source, fail)
@@ -147,7 +159,7 @@ def parse_space(doc: Any, source: str, default_name: str = "sweep") -> SearchSpa
         raise SpaceError(str(err)) from None
     return SearchSpace(name=name, source=source, metric=metric, mode=mode, num_samples=num_samples,
                        max_concurrent_trials=concurrent, seed=seed, scheduler=scheduler,
-                       fixed=fixed, parameters=parameters, search=search)
+                       fixed=fixed, parameters=parameters, search=search, log_models=log_models)
 
 
 def _positive_int(value: Any, where: str, fail) -> int:

@@ -39,7 +39,7 @@ def sync_sweep(name: str, storage: str | None, tracking_uri: str | None, say: Ca
     space = parse_space(yaml.safe_load(state["space_text"]), state["space"])
     uri = mlflow_runs.resolve_tracking_uri(tracking_uri)
     pictures = files_root(root, resolve_root(cache, default_cache_root()), name)   # cache: with a bucket only
-    tracking = SweepTracking(uri, name, root, sweep_dir, state["base"], pictures)
+    tracking = SweepTracking(uri, name, root, sweep_dir, state["base"], pictures, space.selection, space.log_models)
     tracking.start(resume=True)   # the sweep's parent run, or a new one if MLflow never got it
     rows = _rows(sweep_dir, space, int(state["base"]["train.epochs"]))
     parent = tracking.parent_run_id
