@@ -133,7 +133,13 @@ def assert_ran_on_workers_and_labeled_once(cluster, name: str, trial, teacher_ra
 
     client = MlflowClient(f"sqlite:///{cluster.shared / 'mlflow.db'}")
     parent, = client.search_runs([trial.info.experiment_id], "tags.role = 'sweep'")
-    assert parent.info.status == "FINISHED" and trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.status == "FINISHED" and trial.data.tags["mlflow.parentRunId"] == parent.info.run_id, \
+        (parent.info.status, parent.data.tags, trial.data.tags.get("mlflow.parentRunId"), parent.info.run_id)
+    # its best model is logged, from a checkpoint Ray kept through the lost nodes and the retried trial
+    model, = client.search_logged_models([trial.info.experiment_id])
+    assert str(model.status) == "READY" and model.source_run_id == trial.info.run_id
+    assert parent.data.tags["best_model_id"] == model.model_id
+    assert {m.key: m.value for m in model.metrics}["val_miou"] == trial.data.metrics["best_val_miou"]
     assert "resources w" in trial.data.tags["node.trial"], trial.data.tags
     assert "resources w" in trial.data.tags["node.train_rank0"], trial.data.tags
     assert parent.data.metrics["labeling.keys"] == 1

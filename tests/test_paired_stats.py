@@ -78,6 +78,9 @@ def test_score_choices_best_final_and_last_k():
     assert last_k_mean(history, 10) == pytest.approx((50 + 70 + 62 + 64) / 4)   # fewer epochs than k: all
     assert score_of({}, [], Score("last", 2)) is None
     assert parse_score("last3").column == "last3_val_miou" and "last 3 epochs" in parse_score("last3").label
+    assert score_of({**metrics, "test_miou": 61.5}, None, parse_score("test")) == 61.5
+    assert score_of(metrics, None, parse_score("test")) is None        # stopped early, or no test split
+    assert "held-out test split" in parse_score("test").label and parse_score("test").class_prefix == "test_iou."
     for bad in ("last0", "worst", "last"):
         with pytest.raises(UserError, match=f"--score {bad}: unknown score. Fix: use one of best | final | lastK"):
             parse_score(bad)

@@ -240,3 +240,22 @@ def test_a_run_logged_by_two_merged_sweeps_counts_once_in_mean_and_std():
     assert len(group.values) == 4 and group.seed_values == [58.0, 54.0]
     assert group.mean == 56.0 and abs(group.std - 2.828) < 1e-3
     assert "| semiovs | 56.0 ± 2.8 |" in format_by_split([group], ["data.split", "train.method"])
+
+
+def test_test_score_of_each_best_on_val_model_with_its_per_class_table(store, tmp_path):
+    """--score test: the held-out test mIoU the best-on-val model got; the tables say so."""
+    exp = tracking.ensure_experiment(store, "held_out")
+    tracking.start_parent_run(store, exp, "held_out", {}, resume=False)
+    client = tracking.client(store)
+    for i, (method, seed, test) in enumerate([("unimatch", "0", 50.0), ("unimatch", "1", 54.0),
+                                              ("semiovs", "0", 56.0), ("semiovs", "1", None)]):
+        run_id = client.create_run(exp, tags={"role": "trial", "trial_id": f"t{i}"}).info.run_id
+        tracking.log_params(store, run_id, {"train.method": method, "seed": seed})
+        scores = {"best_val_miou": 70.0, "val_iou.disk": 1.0}
+        if test is not None:   # a trial stopped early has no test score: left out, not counted as 0
+            scores.update({"test_miou": test, "test_iou.disk": test / 2})
+        tracking.log_metrics(store, run_id, scores, step=6)
+    out = write_report(store, "held_out", tmp_path / "t", score="test")
+    assert "Score: test mIoU (%) of each run's best-on-val model" in out["table"]
+    assert "| semiovs | 1 | 56.00 ± 0.00 |" in out["table"] and "| unimatch | 2 | 52.00 ± 2.83 |" in out["table"]
+    assert "Per-class test IoU (%) of the best-on-val model" in out["table"] and "| unimatch | 26.0 ± 1.4 |" in out["table"]

@@ -181,7 +181,7 @@ def test_a_sweep_in_a_bucket_resumes_from_it_and_its_artifacts_land_there(
     for run in runs:   # every epoch once: none lost with the driver, none repeated by the resume
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")] == [1, 2]
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")   # proxied by the server
-    checkpoints = [k for k in _keys(s3_endpoint, "sweeps/in_a_bucket/") if k.endswith("checkpoint.pt")]
+    checkpoints = [k for k in _keys(s3_endpoint, "sweeps/in_a_bucket/") if k.endswith("/model.pt")]
     assert checkpoints                                                   # Train wrote them to the bucket
     pictures = [k for k in _keys(s3_endpoint, "mlflow/") if k.endswith("_epoch_002.png")]
     assert len(pictures) >= 2                                            # MLflow's artifacts, in the bucket

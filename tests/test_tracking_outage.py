@@ -118,6 +118,17 @@ def runs_of(server: Server, name: str):
     return client, trials, steps, parents
 
 
+def assert_one_model_per_trial(server: Server, trials, parent) -> None:
+    """Each trial's best model is in MLflow once, READY, and the parent run names the best of them."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server.url)
+    models = client.search_logged_models([parent.info.experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in trials)
+    assert all(str(m.status) == "READY" for m in models)
+    assert client.get_run(parent.info.run_id).data.tags["best_model_id"] in {m.model_id for m in models}
+
+
 def test_sweeps_survive_tracking_outages_and_sync_fills_the_rest(ray_session, shared_cache, tmp_path, monkeypatch,
                                                                  capsys):
     from orchestrator.cli import main
@@ -139,6 +150,7 @@ def test_sweeps_survive_tracking_outages_and_sync_fills_the_rest(ray_session, sh
         assert all(s == [1, 2] for s in steps.values()), steps            # every epoch, exactly once
         assert all(r.info.status == "FINISHED" for r in trials)
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert_one_model_per_trial(server, trials, parents[0])
 
         # 2. down until the sweep has ended
         monkeypatch.setenv("SEMIOVS_MLFLOW_GRACE_S", "2")
@@ -159,7 +171,9 @@ def test_sweeps_survive_tracking_outages_and_sync_fills_the_rest(ray_session, sh
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "summary")} == \
             {"summary/results.md", "summary/results.csv"}
+        assert_one_model_per_trial(server, trials, parents[0])            # the sync logged the trial's model
         assert main(command.split()[2:]) == 0                             # again: nothing left to write
         assert "wrote 0 epoch(s)" in capsys.readouterr().out
+        assert_one_model_per_trial(server, trials, parents[0])
     finally:
         server.kill()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 from orchestrator.tracking.reconcile import SweepLedger
+from orchestrator.tracking.stored import BEST_MODEL_KEY, StoredTrial, tune_kept
 from orchestrator.tracking.writer import TrackingWriter
 
 _ACTIVE: dict[str, tuple[SweepLedger, TrackingWriter]] = {}
@@ -48,6 +49,8 @@ def make_trial_callback(key: str, progress: Callable[[str, dict, dict], None] | 
             self._queue(f"the run of trial {trial_id}", lambda ledger, attempt: ledger.logger(trial_id, config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get(BEST_MODEL_KEY):   # not an epoch: the trial handing Tune its best model (trial.py)
+                return
             trial_id, config, result = trial.trial_id, dict(trial.config), dict(result)
             self._queue(f"epoch {result.get('epoch')} of trial {trial_id}",
                         lambda ledger, attempt: ledger.epoch(trial_id, config, result, attempt))
@@ -56,6 +59,11 @@ def make_trial_callback(key: str, progress: Callable[[str, dict, dict], None] | 
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, failed=False)
+            ledger, _ = active(self.key)
+            if ledger.policy.at_trial_end:   # the model now, while the sweep goes on (topK: at its end)
+                stored = StoredTrial(trial.trial_id, dict(trial.config), "TERMINATED", {},
+                                     trial.storage.storage_filesystem, trial.storage.trial_fs_path, tune_kept(trial))
+                self._queue(f"the model of trial {trial.trial_id}", lambda ledger, attempt: ledger.model(stored, attempt))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._finish(trial, failed=True)

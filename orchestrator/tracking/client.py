@@ -28,8 +28,9 @@ SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 TUNE_AUTO_KEYS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
     "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
-    "iterations_since_restore", "checkpoint_path", "should_checkpoint", "epoch",
+    "iterations_since_restore", "checkpoint_path", "should_checkpoint", "epoch", "reported_at", "best_model",
 }
+REPORTED_AT = "reported_at"      # when the worker reported the epoch (s): the time its metrics are logged at
 
 
 def server_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -87,7 +88,7 @@ def experiment_id_of(uri: str, name: str) -> str | None:
     return exp.experiment_id if exp is not None else None
 
 
-def _quoted(value: str) -> str | None:
+def quoted(value: str) -> str | None:
     """A value as a literal of MLflow's filter language, or None when no quote character can hold it."""
     for quote in ("'", '"'):
         if quote not in value:
@@ -97,10 +98,21 @@ def _quoted(value: str) -> str | None:
 
 def find_runs(uri: str, experiment_id: str, **tags: str) -> list:
     """Runs whose tags equal `tags`, newest first. Values are data, never filter syntax."""
-    literals = {k: _quoted(str(v)) for k, v in tags.items()}
+    literals = {k: quoted(str(v)) for k, v in tags.items()}
     query = " and ".join(f"tags.{k} = {q}" for k, q in literals.items() if q is not None)
     runs = client(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
     return [r for r in runs if all(r.data.tags.get(k) == str(v) for k, v in tags.items())]
+
+
+def all_logged_models(uri: str, experiment_id: str, filter_string: str | None = None) -> list:
+    """Every logged model of an experiment that matches the filter, page after page."""
+    c, out, token = client(uri), [], None
+    while True:
+        page = c.search_logged_models([experiment_id], filter_string=filter_string, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 def create_run(uri: str, experiment_id: str, name: str, tags: dict[str, str]) -> str:
@@ -157,11 +169,13 @@ def measurements(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0, at: float | None = None) -> None:
+    """Metrics at `step`, stamped `at` (seconds; default now). An epoch's metrics are stamped with the time the
+    worker reported them, so the same point logged again (its model links it) is the same row, not a second one."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    stamp = int((time.time() if at is None else at) * 1000)
+    items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
     for start in range(0, len(items), 1000):
         client(uri).log_batch(run_id, metrics=items[start:start + 1000])
 
@@ -223,7 +237,7 @@ class EpochLogger:
                 log_files(self.uri, self.run_id, pictures, "eval")
             if result.get("broken_samples") and (self.files_dir / BROKEN_LIST).is_file():
                 log_files(self.uri, self.run_id, [self.files_dir / BROKEN_LIST], None)
-        log_metrics(self.uri, self.run_id, measurements(result), epoch)
+        log_metrics(self.uri, self.run_id, measurements(result), epoch, result.get(REPORTED_AT))
         self.logged.add(epoch)
         return True
 

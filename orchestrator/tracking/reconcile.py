@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.paths import run_files_dir, train_run_name
+from orchestrator.core.selection import ModelPolicy, Selection
 from orchestrator.tracking import client as mlflow_runs
-from orchestrator.tracking.stored import StoredTrial
+from orchestrator.tracking.models import (ROLE_MODEL, best_source, epoch_rows, log_model, name_best_model, score_of,
+                                          train_kept, trial_models)
+from orchestrator.tracking.stored import BEST_MODEL_KEY, StoredTrial, read_epochs
 
 
 def trial_run(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str, trial_id: str,
@@ -37,11 +40,16 @@ def trial_run(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
 
 class SweepLedger:
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
-                 base_params: dict[str, Any], files_root: str | Path):
+                 base_params: dict[str, Any], files_root: str | Path, selection: Selection = Selection(),
+                 policy: ModelPolicy = ModelPolicy()):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
         self.sweep_name, self.base_params, self.files_root = sweep_name, base_params, Path(files_root)
+        self.selection, self.policy = selection, policy
         self.loggers: dict[str, mlflow_runs.EpochLogger] = {}
         self.written = 0   # epochs the reconcile wrote (the live ones are not counted)
+        self.last: dict[str, dict[str, Any]] = {}   # a running trial's last epoch report, as Tune got it live
+        self._models: dict[str, tuple[str, float | None]] | None = None   # trial id → (model id, score)
+        self.best_model: tuple[str, str, float] | None = None            # (model id, trial id, score)
 
     def logger(self, trial_id: str, config: dict[str, Any]) -> mlflow_runs.EpochLogger:
         if trial_id not in self.loggers:
@@ -52,7 +60,62 @@ class SweepLedger:
         return self.loggers[trial_id]
 
     def epoch(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], attempt: int) -> bool:
+        self.keep(trial_id, result)
         return self.logger(trial_id, config).log(result, recheck=attempt > 0)
+
+    def keep(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Remember a running trial's last epoch report (its test scores join the model); dropped once the
+        trial's model is logged: one row a trial, flat in epochs."""
+        if not result.get(BEST_MODEL_KEY) and isinstance(result.get("epoch"), int):
+            self.last[trial_id] = result
+
+    def models(self) -> dict[str, tuple[str, float | None]]:
+        """trial id → (model id, score) of the READY models MLflow holds for this sweep; read once, then kept
+        up to date. A model left PENDING or FAILED by an interrupted attempt is deleted, to be logged again."""
+        if self._models is None:
+            self._models = {}
+            for trial_id, model in trial_models(self.uri, self.experiment_id, self.sweep_name).items():
+                if str(model.status) == "READY":
+                    scores = {m.key: m.value for m in model.metrics or ()}
+                    self._models[trial_id] = (model.model_id, self.selection.score(scores))
+                else:
+                    mlflow_runs.client(self.uri).delete_logged_model(model.model_id)
+        return self._models
+
+    def model(self, trial: StoredTrial, attempt: int) -> str | None:
+        """Log the trial's best model unless MLflow holds it; returns its id (None: no checkpoint to log).
+        The checkpoint is the best of those Ray kept (Tune's, and for a Train-mode trial Train's): the rule
+        that kept them picks among them, so it is never one Ray has deleted."""
+        if attempt > 0:
+            self._models = None   # a failed attempt may have gone through on the server's side: look again
+        if trial.trial_id in self.models():
+            self.last.pop(trial.trial_id, None)
+            return self.models()[trial.trial_id][0]
+        kept = [*trial.tune_checkpoints,
+                *train_kept(trial.filesystem, trial.fs_path.rstrip("/").rsplit("/", 1)[0], trial.trial_id)]
+        stored = trial.epochs or read_epochs(trial.filesystem, trial.fs_path)
+        rows = epoch_rows(stored)
+        last = self.last.get(trial.trial_id) or (rows[-1] if rows else None)
+        source = best_source(kept, last, self.selection)
+        if source is None:
+            return None
+        run_id = self.logger(trial.trial_id, trial.config).run_id
+        params = {**trial.config, "epoch": source.epoch}
+        tags = {"role": ROLE_MODEL, "sweep_name": self.sweep_name, "trial_id": trial.trial_id}
+        model_id = log_model(self.uri, self.experiment_id, run_id, tags, source, trial.filesystem, params)
+        self.models()[trial.trial_id] = (model_id, self.selection.score(source.metrics))
+        self.last.pop(trial.trial_id, None)
+        return model_id
+
+    def name_best(self) -> None:
+        """Name the sweep's best logged model on the parent run (no model yet: nothing to name)."""
+        scored = {t: score for t, (_, score) in self.models().items()}
+        best = self.selection.best(sorted(scored), lambda t: {self.selection.metric: scored[t]})
+        if best is None:
+            return
+        model_id, score = self.models()[best]
+        name_best_model(self.uri, self.parent_run_id, model_id, best, score, self.selection)
+        self.best_model = (model_id, best, score)
 
     def finish(self, trial_id: str, config: dict[str, Any], failed: bool) -> None:
         mlflow_runs.finish_run(self.uri, self.logger(trial_id, config).run_id, failed=failed)
@@ -68,6 +131,19 @@ class SweepLedger:
         if trial.finished:
             mlflow_runs.finish_run(self.uri, logger.run_id, failed=trial.failed)
         return written
+
+    def trials_to_model(self, trials: list[StoredTrial]) -> list[StoredTrial]:
+        """The finished trials whose models the policy logs (a trial that failed gets none)."""
+        done = {t.trial_id: t for t in trials if t.finished and not t.failed}
+        scores = {t.trial_id: score_of(t.epochs, self.selection) for t in done.values()}
+        return [done[t] for t in self.policy.chosen(scores, self.selection)]
+
+    def log_models(self, trials: list[StoredTrial], attempt: int) -> None:
+        """At the sweep's end (and in `sync`): the models the policy wants and MLflow lacks, then the best."""
+        for trial in self.trials_to_model(trials):
+            self.model(trial, attempt)
+        if self.policy.kind != "none":
+            self.name_best()
 
     def confirmed(self) -> dict[str, set[int]]:
         return {trial_id: set(logger.logged) for trial_id, logger in list(self.loggers.items())}

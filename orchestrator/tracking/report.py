@@ -29,7 +29,6 @@ from orchestrator.core.tables import csv_text, markdown_table
 SEED_KEYS = ("seed",)
 METRIC = "best_val_miou"
 SPLIT_KEY = "data.split"
-CLASS_PREFIX = "val_iou."
 INERT = "–"   # shown for a key that does not affect the run (e.g. ood.* of a method without an OOD stream)
 
 
@@ -103,8 +102,8 @@ def group_rows(trials: list[dict[str, Any]], keys: list[str], score: Score = BES
         if "mask_ratio" in t["metrics"]:
             g.mask_ratio.append(t["metrics"]["mask_ratio"])
         for name, metric in t["metrics"].items():
-            if name.startswith(CLASS_PREFIX):
-                g.per_class.setdefault(name[len(CLASS_PREFIX):], []).append(metric)
+            if name.startswith(score.class_prefix):
+                g.per_class.setdefault(name[len(score.class_prefix):], []).append(metric)
             elif name in EXTRA_METRICS:
                 g.extra.setdefault(name, []).append(metric)
     return sorted(groups.values(), key=lambda g: tuple(_sortable(v) for v in g.key))
@@ -271,7 +270,7 @@ def report_markdown(title: str, groups: list[Group], keys: list[str], cmp: Compa
                       format_by_split(groups, keys, lambda g: cmp.gain_cell(g, keys))]
     per_class = format_per_class(groups, keys)
     if per_class:
-        parts += ["\nPer-class val IoU (%) at the last epoch, mean ± std over seeds:\n", per_class]
+        parts += [f"\n{cmp.score.per_class_label}, mean ± std over seeds:\n", per_class]
     return "\n".join(parts)
 
 

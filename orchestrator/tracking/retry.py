@@ -29,6 +29,8 @@ def http_status(exc: BaseException) -> int | None:
 def is_transient(exc: BaseException) -> bool:
     """True when waiting may help: no connection, a timeout, a 5xx, 408/429, a locked sqlite file."""
     status = http_status(exc)
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False   # a local file that is missing or unreadable (a checkpoint) does not come back by waiting
     if status is None:
         return isinstance(exc, (OSError, TimeoutError, ConnectionError)) or "locked" in str(exc)
     return status >= 500 or status in RETRYABLE_HTTP

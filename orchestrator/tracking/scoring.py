@@ -16,12 +16,13 @@ from orchestrator.core.errors import UserError
 
 PER_EPOCH = "val_miou"
 BEST = "best_val_miou"
-CHOICES = "best | final | lastK (e.g. last3)"
+TEST = "test_miou"      # the best-on-val model scored once on the held-out test split (at the run's last epoch)
+CHOICES = "best | final | lastK (e.g. last3) | test"
 
 
 @dataclass(frozen=True)
 class Score:
-    kind: str          # best | final | last
+    kind: str          # best | final | last | test
     k: int = 1         # epochs averaged by `last`
 
     @property
@@ -30,7 +31,7 @@ class Score:
 
     @property
     def column(self) -> str:
-        return {"best": BEST, "final": "final_val_miou"}.get(self.kind, f"last{self.k}_val_miou")
+        return {"best": BEST, "final": "final_val_miou", "test": TEST}.get(self.kind, f"last{self.k}_val_miou")
 
     @property
     def label(self) -> str:
@@ -39,16 +40,30 @@ class Score:
             return "best-epoch val mIoU (%), the maximum over epochs (optimistic)"
         if self.kind == "final":
             return "final-epoch val mIoU (%)"
+        if self.kind == "test":
+            return ("test mIoU (%) of each run's best-on-val model (selected on val, scored once on the "
+                    "held-out test split)")
         return f"val mIoU (%) averaged over the last {self.k} epochs"
 
     @property
+    def class_prefix(self) -> str:
+        """The per-class IoU metrics that go with the score."""
+        return "test_iou." if self.kind == "test" else "val_iou."
+
+    @property
+    def per_class_label(self) -> str:
+        return ("Per-class test IoU (%) of the best-on-val model" if self.kind == "test"
+                else "Per-class val IoU (%) at the last epoch")
+
+    @property
     def short(self) -> str:
-        return {"best": "best-epoch", "final": "final-epoch"}.get(self.kind, f"last-{self.k}-epoch mean")
+        return {"best": "best-epoch", "final": "final-epoch", "test": "test"}.get(self.kind,
+                                                                                 f"last-{self.k}-epoch mean")
 
 
 def parse_score(text: str) -> Score:
     value = (text or "best").strip().lower()
-    if value in ("best", "final"):
+    if value in ("best", "final", "test"):
         return Score(value)
     match = re.fullmatch(r"last(\d+)", value)
     if match and int(match.group(1)) >= 1:
@@ -71,4 +86,6 @@ def score_of(metrics: dict[str, float], history: Sequence[tuple[int, float]] | N
         return metrics.get(BEST)
     if score.kind == "final":
         return metrics.get(PER_EPOCH)          # MLflow's latest value = the highest step = the last epoch
+    if score.kind == "test":
+        return metrics.get(TEST)               # None: stopped early, or a dataset without a test split
     return last_k_mean(history or (), score.k)

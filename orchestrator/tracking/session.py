@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.core.errors import UserError
+from orchestrator.core.selection import ModelPolicy, Selection
 from orchestrator.tracking import client as mlflow_runs
 from orchestrator.tracking import retry
 from orchestrator.tracking.callback import register
@@ -18,6 +19,7 @@ from orchestrator.tracking.reconcile import SweepLedger, sync_command, unlogged,
 from orchestrator.tracking.writer import TrackingWriter
 
 SUMMARY = "the sweep summary"
+MODELS = "the trials' models"
 START_BUDGET_S = 60.0   # how long the start waits for an unreachable server before refusing to begin
 
 
@@ -48,12 +50,14 @@ def call_with_retry(fn: Callable[[], Any], uri: str, budget_s: float = START_BUD
 
 
 class SweepTracking:
-    def __init__(self, uri: str, name: str, storage: str, sweep_dir: str, base: dict[str, Any], files_root: Path):
+    def __init__(self, uri: str, name: str, storage: str, sweep_dir: str, base: dict[str, Any], files_root: Path,
+                 selection: Selection = Selection(), policy: ModelPolicy = ModelPolicy()):
         """storage: the Tune storage root (folder or URI); sweep_dir: the sweep's folder in it; files_root:
-        the local folder of its runs' pictures (core.paths.files_root)."""
+        the local folder of its runs' pictures (core.paths.files_root); selection and policy: which epoch is
+        a trial's best and which trials' models are logged (the space file's metric, mode and log_models)."""
         retry.configure_http_client()
         self.uri, self.name, self.storage, self.sweep_dir, self.base = uri, name, storage, sweep_dir, base
-        self.files_root = files_root
+        self.files_root, self.selection, self.policy = files_root, selection, policy
         self.writer = TrackingWriter()
         self.experiment_id = self.parent_run_id = ""
         self.ledger: SweepLedger | None = None
@@ -66,7 +70,7 @@ class SweepTracking:
         self.parent_run_id = call_with_retry(lambda: mlflow_runs.start_parent_run(
             self.uri, self.experiment_id, self.name, self.base, resume=resume or next(tries) > 0), self.uri)
         self.ledger = SweepLedger(self.uri, self.experiment_id, self.parent_run_id, self.name, self.base,
-                                  self.files_root)
+                                  self.files_root, self.selection, self.policy)
         register(str(self.sweep_dir), self.ledger, self.writer)
 
     def submit(self, label: str, fn: Callable[[], Any]) -> None:
@@ -107,9 +111,11 @@ class SweepTracking:
         """Reconcile, write the summary (`write_summary` closes the parent run), wait up to the grace
         period, and return the one line about what is still missing (None when nothing is)."""
         trials = self.last_trials = self.reconcile()
+        self.writer.submit(MODELS, lambda attempt: self.ledger.log_models(trials, attempt))
         self.submit(SUMMARY, write_summary)
         left = self._drain(say)
         gaps = unlogged(trials, self.ledger.confirmed())
-        other = [SUMMARY] if SUMMARY in left else []
+        dropped = {label for label, _ in self.writer.dropped}   # failed in a way retrying cannot mend
+        other = [label for label in (MODELS, SUMMARY) if label in left or label in dropped]
         return unlogged_line(gaps, other, self.uri, self.writer.last_error if left else "",
                              sync_command(self.name, self.storage, self.uri))

@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 RESULT_FILE = "result.json"
+BEST_MODEL_KEY = "best_model"   # marks the report after training that hands Tune the best model: not an epoch
 FINISHED = {"TERMINATED", "ERROR"}
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint Ray kept for a trial (Train's or Tune's retention: the best and the latest), with the metrics
+    reported with it, i.e. its epoch's."""
+    folder: str                       # a path of the storage's pyarrow filesystem
+    metrics: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,9 @@ class StoredTrial:
     config: dict[str, Any]
     status: str                                   # Tune's: TERMINATED, ERROR, PENDING, RUNNING, PAUSED
     epochs: dict[int, dict[str, Any]] = field(default_factory=dict)   # epoch → the result reported
+    filesystem: Any = None                        # the storage's pyarrow filesystem ...
+    fs_path: str = ""                             # ... and the trial's folder in it
+    tune_checkpoints: tuple[KeptCheckpoint, ...] = ()   # what Tune kept (a local-mode trial's, or the best model)
 
     @property
     def finished(self) -> bool:
@@ -38,7 +50,7 @@ def epochs_from_lines(lines: Iterable[str]) -> dict[int, dict[str, Any]]:
             result = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(result, dict):
+        if not isinstance(result, dict) or result.get(BEST_MODEL_KEY):
             continue
         epoch = result.get("epoch", result.get("training_iteration"))
         if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0:
@@ -65,4 +77,11 @@ def stored_trials(sweep_dir: str) -> list[StoredTrial]:
     except (ValueError, FileNotFoundError):
         return []
     return [StoredTrial(t.trial_id, dict(t.config or {}), str(t.status),
-                        read_epochs(t.storage.storage_filesystem, t.storage.trial_fs_path)) for t in analysis.trials]
+                        read_epochs(t.storage.storage_filesystem, t.storage.trial_fs_path),
+                        t.storage.storage_filesystem, t.storage.trial_fs_path, tune_kept(t)) for t in analysis.trials]
+
+
+def tune_kept(trial) -> tuple[KeptCheckpoint, ...]:
+    """The checkpoints Tune kept for a trial (a Tune `Trial`, live or restored from the storage)."""
+    manager = trial.run_metadata.checkpoint_manager
+    return tuple(KeptCheckpoint(r.checkpoint.path, dict(r.metrics)) for r in manager.best_checkpoint_results)
