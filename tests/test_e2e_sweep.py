@@ -80,6 +80,7 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
     assert stored and not any("overlay_png_b64" in f.read_text() for f in stored)
 
     check_ui_shows_runs(mlflow_server, out.experiment_id, parent.info.run_name, trials)
+    check_models(mlflow_server, out, parent, trials, tmp_path / "runs" / "smoke", shared_cache)
 
     # A second sweep with the same teacher and corpus reuses the labels (the teacher does not run again).
     from orchestrator.labels.job import ensure_labels
@@ -87,6 +88,70 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
 
     again = ensure_labels(build_config({**TINY, "train.method": "semiovs"}), shared_cache, lambda *a: None)
     assert again.reused and again.labeled == TINY["data.num_ood"]
+
+
+def check_models(uri: str, out, parent, trials, sweep_dir: Path, cache: Path) -> None:
+    """Each trial's best student is an MLflow model linked to its run and ranked by search_logged_models; the
+    parent names the best; Tune's own API finds the best checkpoint; `evaluate` gives back the logged score."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+    from ray.tune import ExperimentAnalysis
+
+    from orchestrator.cli import main
+    from trainables.student_file import load_package
+
+    client = MlflowClient(uri)
+    models = client.search_logged_models([out.experiment_id], order_by=[{"field_name": "metrics.val_miou",
+                                                                         "ascending": False}])
+    runs = {r.info.run_id: r for r in trials}
+    assert len(models) == 2 and {m.source_run_id for m in models} == set(runs)
+    for model in models:
+        run = runs[model.source_run_id]
+        assert str(model.status) == "READY" and model.name == "best_student"
+        assert model.tags["trial_id"] == run.data.tags["trial_id"] and run.data.tags["best_model_id"] == model.model_id
+        assert model.model_id in {o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs}
+        epoch = int(model.tags["epoch"])
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_miou")}
+        scores = {m.key: m.value for m in model.metrics}
+        assert scores["val_miou"] == history[epoch] == max(history.values())   # the best epoch's model
+        assert scores["test_miou"] == run.data.metrics["test_miou"]            # scored once on the test split
+    best = models[0]
+    assert out.best_model[0] == best.model_id == client.get_run(parent.info.run_id).data.tags["best_model_id"]
+    check_models_tab(uri, out.experiment_id, models)
+    # Tune's own analysis of the sweep's storage returns the best trial's best checkpoint: that same model
+    analysis = ExperimentAnalysis(str(sweep_dir), default_metric="val_miou", default_mode="max")
+    package = load_package(Path(analysis.best_checkpoint.path) / "model.pt")
+    assert analysis.best_trial.trial_id == best.tags["trial_id"] and package["epoch"] == int(best.tags["epoch"])
+    # `run.py evaluate` on the same val split gives back the val mIoU the trial logged for that epoch
+    scores = {m.key: m.value for m in best.metrics}
+    assert main(["evaluate", "--model", f"models:/{best.model_id}", "--tracking-uri", uri, "--cache", str(cache)]) == 0
+    evaluation = client.search_runs([out.experiment_id], filter_string="tags.role = 'evaluation'")[0]
+    assert abs(evaluation.data.metrics["val_miou"] - scores["val_miou"]) <= 0.1
+    assert [i.model_id for i in client.get_run(evaluation.info.run_id).inputs.model_inputs] == [best.model_id]
+    confusion = json.loads(Path(client.download_artifacts(evaluation.info.run_id, "confusion_matrix.json")).read_text())
+    assert confusion["classes"] == package["class_names"]
+    # `run.py predict` with the model's URI: a mask per image (the first val images)
+    images = sweep_dir / "predict_in"
+    images.mkdir()
+    for path in sorted((cache / "data").glob("shapes-*/JPEGImages/val_0000*.jpg"))[:5]:
+        (images / path.name).write_bytes(path.read_bytes())
+    out_dir = sweep_dir / "predict_out"
+    assert main(["predict", "--model", f"models:/{best.model_id}", "--images", str(images), "--out", str(out_dir),
+                 "--tracking-uri", uri, "--quiet"]) == 0
+    assert sorted(p.name for p in (out_dir / "masks").iterdir()) == [p.with_suffix(".png").name
+                                                                     for p in sorted(images.iterdir())]
+
+
+def check_models_tab(url: str, experiment_id: str, models) -> None:
+    """The experiment's Models tab in headless Chromium lists each trial's model."""
+    from tests.browser import page_text, screenshot
+
+    page = f"{url}/#/experiments/{experiment_id}/models?workflowType=machine_learning"   # Model training > Models
+    text = page_text(page)
+    assert "Models" in text and text.count("best_student") >= len(models), text[:3000]
+    assert all(m.tags["trial_id"] in text for m in models), text[:3000]   # each with its source run
+    assert screenshot(page, Path(__file__).parent.parent / "artifacts" / "ui" / "models.png").stat().st_size > 10_000
 
 
 def check_ui_shows_runs(url: str, experiment_id: str, parent_name: str, trials) -> None:

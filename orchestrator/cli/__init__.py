@@ -38,7 +38,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     handler = {
         "sweep": commands.sweep, "train": commands.train, "report": commands.report, "label": commands.label, "ui": commands.ui,
-        "sync": commands.sync,
+        "sync": commands.sync, "predict": commands.predict, "evaluate": commands.evaluate,
         ("data", "synth"): commands.data_synth, ("data", "check"): commands.data_check,
         ("teacher", "fit"): commands.teacher_fit, ("teacher", "eval"): commands.teacher_eval,
     }

@@ -39,6 +39,14 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"\nMLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}")
     print(f"open it: python run.py ui --tracking-uri {shlex.quote(outcome.tracking_uri)}  →  "
           f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}")
+    if outcome.best_model:
+        model_id, trial_id, score = outcome.best_model
+        from orchestrator.tracking.client import resolve_tracking_uri
+
+        where = "" if outcome.tracking_uri == resolve_tracking_uri(None) else \
+            f" --tracking-uri {shlex.quote(outcome.tracking_uri)}"
+        print(f"best model: models:/{model_id} (trial {trial_id}, {outcome.metric} {score:.2f}); run it on your "
+              f"images: python run.py predict --model models:/{model_id} --images DIR --out DIR{where}")
     if outcome.unlogged:
         print(outcome.unlogged, file=sys.stderr, flush=True)
     return 1 if any(r.status == "error" for r in outcome.rows) else 0
@@ -112,10 +120,12 @@ def teacher_fit(args: argparse.Namespace) -> int:
     from orchestrator.data.plan import dataset_root
     from orchestrator.runtime import choose_target
     from orchestrator.teachers.fit_task import ensure_fitted_teacher, fitted_textseg_path
+    from orchestrator.teachers.registry import teacher_traits
 
     cfg = build_config(parse_sets(args.sets), "--set")
-    if cfg.teacher.kind != "textseg":
-        raise UserError(f"teacher.kind={cfg.teacher.kind} is training-free; only textseg is fitted.")
+    if not teacher_traits(cfg.teacher.kind).fits_on_source:   # the kind's trait (docs/extending.md)
+        raise UserError(f"teacher.kind={cfg.teacher.kind} is not fitted on the source corpus (its class does not "
+                        f"declare fits_on_source). Fix: --set teacher.kind=textseg, or a plug-in that fits_on_source.")
     if choose_target(args.ray_address, os.environ).joins_cluster:   # the fit then runs as a task on a node
         _start_ray(args, Console(args.quiet))
     progress = Console(args.quiet, sys.stderr).progress   # stdout holds only the JSON summary
@@ -146,6 +156,31 @@ def report(args: argparse.Namespace) -> int:
                            baseline=args.baseline, score=args.score)
     print(summary.pop("table"))
     print_json(summary)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from orchestrator.models.predict import PredictRequest, run_predict
+    from orchestrator.tracking.client import resolve_tracking_uri
+
+    summary = run_predict(PredictRequest(
+        model=args.model, images=args.images, out=args.out, overlays=args.overlays, confidence=args.confidence,
+        data=args.data, actors=args.actors, gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size,
+        overwrite=args.overwrite, tracking_uri=resolve_tracking_uri(args.tracking_uri), quiet=args.quiet,
+        ray_address=args.ray_address))
+    print_json(summary)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from orchestrator.models.evaluate import EvaluateRequest, run_evaluate
+    from orchestrator.tracking.client import resolve_tracking_uri
+
+    outcome = run_evaluate(EvaluateRequest(model=args.model, data=args.data, split=args.split,
+                                           experiment=args.experiment, tracking_uri=resolve_tracking_uri(args.tracking_uri),
+                                           cache=_cache(args)))
+    print(outcome.pop("table"))
+    print_json(outcome)
     return 0
 
 

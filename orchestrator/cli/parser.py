@@ -91,9 +91,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare every group with the group that has this value, seed by seed: paired gain, "
                         "its 95%% CI and the seeds that gained, e.g. --baseline train.method=unimatch "
                         "(repeatable: all must hold)")
-    p.add_argument("--score", default="best", metavar="best|final|lastK",
-                   help="the number compared: best (best epoch, the default; optimistic), final (last epoch) "
-                        "or lastK (mean of the last K epochs, e.g. last3); the tables say which")
+    p.add_argument("--score", default="best", metavar="best|final|lastK|test",
+                   help="the number compared: best (best epoch, the default; optimistic), final (last epoch), "
+                        "lastK (mean of the last K epochs, e.g. last3) or test (the best-on-val model's score "
+                        "on the held-out test split); the tables say which")
+
+    p = sub.add_parser("predict", help="run a trained student on images (Ray Data, an actor pool): mask PNGs")
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="models:/<model_id>, runs:/<run_id>/best_student, or a checkpoint folder or model.pt file")
+    p.add_argument("--images", required=True, metavar="DIR|LIST",
+                   help="a folder of images (searched recursively) or a list file (one path a line)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (written whole, then renamed into place)")
+    p.add_argument("--overlays", action="store_true", help="also write image | mask overlays (overlays/)")
+    p.add_argument("--confidence", action="store_true", help="also write confidence maps (confidence/, 255 = 1.0)")
+    p.add_argument("--data", metavar="ROOT", help="refuse a model whose classes differ from this dataset's")
+    p.add_argument("--actors", type=int, default=1, help="inference actors (default 1; one per GPU on a cluster)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0: CPU)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--tracking-uri", help="MLflow store the model is in (default $MLFLOW_TRACKING_URI or "
+                                          "sqlite:///mlflow.db in this folder)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS; else a private local Ray)")
+    p.add_argument("--quiet", action="store_true", help="less output")
+
+    p = sub.add_parser("evaluate", help="score a trained student on a dataset split; logs an MLflow evaluation run")
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="models:/<model_id>, runs:/<run_id>/best_student, or a checkpoint folder or model.pt file")
+    p.add_argument("--data", metavar="ROOT", help="dataset root in the VOC layout (default: the dataset the model "
+                                                  "was trained on; the embedded benchmark is generated if missing)")
+    p.add_argument("--split", default="val", help="val or test (a split file <splits>/<split>.txt; default val)")
+    p.add_argument("--experiment", help="MLflow experiment of the evaluation run (default: the model's own, else "
+                                        "'evaluations')")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--cache", help="cache folder holding the embedded benchmark (default .semiovs/cache)")
 
     p = sub.add_parser("sync", help="write what a sweep's Tune storage holds and MLflow lacks (after an outage)")
     p.add_argument("--name", required=True, help="the sweep's name (its folder in the storage)")
