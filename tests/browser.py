@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
+from tests.conftest import require
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -17,8 +17,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.skip("Chromium is not installed (.ci/run installs Debian's `chromium`)")
+    require(path, "Chromium is not installed (.ci/run installs Debian's `chromium` as root)")
     return path
 
 

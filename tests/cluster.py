@@ -44,12 +44,22 @@ def loopback_subnet() -> str:
 
 
 def unshare_available() -> str | None:
-    """None when mount namespaces work here, else the reason they do not."""
-    if not shutil.which("unshare"):
-        return "unshare (util-linux) is not installed"
+    """None when a worker node can be started here as add_worker starts it (a tmpfs mounted inside its own
+    mount namespace), else the reason it cannot."""
+    missing = [tool for tool in ("unshare", "mount") if not shutil.which(tool)]
+    if missing:
+        return (f"{' and '.join(missing)} not installed (Debian: apt-get install util-linux mount; "
+                f".ci/run does so as root)")
     probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
-        return f"unshare -m is not permitted here ({probe.stderr.strip() or probe.returncode}); it needs root"
+        return (f"unshare -m is not permitted here ({probe.stderr.strip() or probe.returncode}); "
+                f"it needs root with CAP_SYS_ADMIN")
+    with tempfile.TemporaryDirectory(prefix="rcprobe", dir="/tmp") as folder:   # private: gone with the probe
+        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", folder],
+                               capture_output=True, text=True)
+    if probe.returncode != 0:
+        return (f"mount -t tmpfs inside `unshare -m` is not permitted here "
+                f"({probe.stderr.strip() or probe.returncode}); it needs root with CAP_SYS_ADMIN")
     return None
 
 

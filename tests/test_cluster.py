@@ -45,21 +45,24 @@ def labeled_so_far(log: str) -> int:
 
 def test_labeling_survives_the_loss_of_the_teacher_actors_node(local_cluster):
     """Kill the node that hosts the only teacher actor mid-run: the actor restarts on another node and
-    every OOD image is labeled exactly once, with no torn shard."""
+    every OOD image is labeled exactly once, with no torn shard. The kill landed mid-labeling: the label
+    store's rows (each names the node whose actor labeled it) show some, not all, labeled on the lost node."""
     import pyarrow.parquet as pq
 
     cache = local_cluster.shared / "cache"
+    images = 400
     # 400 OOD images through the teacher at 256 px: slow enough to kill its node mid-run
-    args = ["label", "--cache", str(cache), *sets({**TINY_DATA, "data.num_ood": 400, "teacher.resolution": 256,
+    args = ["label", "--cache", str(cache), *sets({**TINY_DATA, "data.num_ood": images, "teacher.resolution": 256,
                                                    "teacher.batch_size": 8})]
     job = submit_no_wait(local_cluster, *args)
-    actor_node = None
+    actor_node = actor_node_id = None
     deadline = time.time() + 300
     while actor_node is None and time.time() < deadline:
         actors = [a for a in local_cluster.api.alive("actors") if "TeacherActor" in a.get("class_name", "")
                   or "MapBatches(TeacherActor)" in json.dumps(a.get("repr_name", ""))]
         if actors and labeled_so_far(local_cluster.api.job_logs(job)) > 0:   # labeling is under way
-            actor_node = local_cluster.node_named_by(actors[0]["node_id"])
+            actor_node_id = actors[0]["node_id"]
+            actor_node = local_cluster.node_named_by(actor_node_id)
         time.sleep(1)
     assert actor_node not in (None, "head")
     local_cluster.kill_raylet(actor_node)
@@ -67,7 +70,13 @@ def test_labeling_survives_the_loss_of_the_teacher_actors_node(local_cluster):
     status, logs = wait_for_job(local_cluster, job)
     assert status == "SUCCEEDED", logs[-3000:]
     summary = json.loads([line for line in logs.splitlines() if line.startswith("{")][-1])
-    assert (summary["images"], summary["labeled"], summary["reused"]) == (400, 400, False)
-    table = pq.read_table(Path(summary["path"]) / "shards", columns=["image_id"])
+    assert (summary["images"], summary["labeled"], summary["reused"]) == (images, images, False)
+    table = pq.read_table(Path(summary["path"]) / "shards", columns=["image_id", "node"])
     ids = table.column("image_id").to_pylist()
-    assert len(ids) == len(set(ids)) == 400
+    assert len(ids) == len(set(ids)) == images
+    # Mid-labeling, from the stored rows (not from the progress lines): each row names the node of the actor
+    # that labeled it (`<ip> (node <id[:8]>, …`). Rows from the lost node reached the driver before it died;
+    # the rest were labeled after, by the restarted actor elsewhere. All rows from it: the kill came too late.
+    nodes = table.column("node").to_pylist()
+    on_lost_node = sum(f"(node {actor_node_id[:8]}" in node for node in nodes)
+    assert 0 < on_lost_node < images, (on_lost_node, sorted(set(nodes)))

@@ -1,12 +1,14 @@
 """A folder that fills up while labeling, checkpointing or writing a report: one `error:` line naming the
 folder, nothing that looks complete but is not, and the same command completes once space is freed.
 
-The full disk is a small tmpfs (mounting needs root; the tests skip with the reason otherwise).
+The full disk is a small tmpfs (mounting needs root; the tests skip with the reason otherwise, and fail with it
+under CI=true: tests/conftest.py's `require`).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from orchestrator.core import atomic
 from orchestrator.core.errors import UserError
-from tests.conftest import TINY
+from tests.conftest import TINY, require
 
 
 @pytest.fixture
@@ -24,10 +26,11 @@ def small_disk(tmp_path):
     """A 4 MiB tmpfs, unmounted afterwards."""
     folder = tmp_path / "disk"
     folder.mkdir()
+    require(shutil.which("mount"), "cannot mount a tmpfs here: `mount` is not installed (Debian: mount)")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True,
                           text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.stdout.strip()}")
+    require(done.returncode == 0, f"cannot mount a tmpfs here (it needs root with CAP_SYS_ADMIN): "
+                                  f"{done.stderr.strip() or done.stdout.strip()}")
     try:
         yield folder
     finally:
@@ -44,7 +47,17 @@ def fill(folder: Path, leave: int) -> Path:
 
 
 def files_under(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and "filler" not in p.name)
+    """Every file under `folder` and every EMPTY folder (as `name/`): a temp folder left behind counts even once
+    its files are gone. The fillers are left out, and so are folders that only hold listed entries or fillers."""
+    out = []
+    for p in folder.rglob("*"):
+        if "filler" in p.name:
+            continue
+        if p.is_file():
+            out.append(str(p.relative_to(folder)))
+        elif p.is_dir() and not any(p.iterdir()):
+            out.append(f"{p.relative_to(folder)}/")
+    return sorted(out)
 
 
 def test_no_space_is_recognised_through_wrappers():

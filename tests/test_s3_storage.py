@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.tracking.client import server_env
-from tests.conftest import TINY, _free_port, crash_after_first_trial
+from tests.conftest import TINY, _free_port, crash_after_first_trial, require
+from tests.test_resume import assert_finished_trials_not_rerun
 
 ROOT = Path(__file__).parent.parent
 BUCKET = "semiovs-test"
@@ -54,7 +55,13 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: f
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 with one bucket; yields its endpoint URL."""
-    pytest.importorskip("moto.server", reason="moto[server] is a test dependency (pip install -e '.[dev]')")
+    try:
+        import moto.server  # noqa: F401  (the server's extra, Flask and all, imports)
+        missing = None
+    except ImportError as err:
+        missing = err
+    require(missing is None, f"moto[server] is not installed ({missing}): it is a test dependency "
+                             f"(pip install -e '.[dev]')")
     import boto3
 
     folder = tmp_path_factory.mktemp("moto")
@@ -80,6 +87,20 @@ def _keys(endpoint: str, prefix: str) -> list[str]:
     s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def _trial_files(endpoint: str, sweep_prefix: str, name: str) -> dict[str, str]:
+    """The text of each trial folder's file `name` under `sweep_prefix` in the bucket: trial folder → text
+    (tests/test_resume.py's trial_files, for a bucket)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+    out = {}
+    for key in _keys(endpoint, sweep_prefix):
+        folder, _, file = key.removeprefix(sweep_prefix).partition("/")
+        if file == name:
+            out[folder] = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+    return dict(sorted(out.items()))
 
 
 def test_storage_files_go_to_the_uri_with_its_endpoint_in_the_query(s3_endpoint, monkeypatch):
@@ -169,6 +190,10 @@ def test_a_sweep_in_a_bucket_resumes_from_it_and_its_artifacts_land_there(
     crash_after_first_trial(command, tmp_path, lambda: _trial_runs(uri)[1], env)
     assert _keys(s3_endpoint, "sweeps/in_a_bucket/sweep.json")          # the state is in the bucket only
     assert not list(tmp_path.glob("**/sweep.json"))
+    finished = {r.data.tags["trial_id"] for r in _trial_runs(uri)[1] if r.info.status == "FINISHED"}
+    assert finished                                                      # the first trial's end is stored
+    files = lambda name: _trial_files(s3_endpoint, "sweeps/in_a_bucket/", name)   # noqa: E731
+    at_crash = files("result.json")
 
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=600)
@@ -178,6 +203,8 @@ def test_a_sweep_in_a_bucket_resumes_from_it_and_its_artifacts_land_there(
     client, runs = _trial_runs(uri)
     assert len(runs) == 2 and len({r.data.tags["trial_id"] for r in runs}) == 2
     assert all(r.info.status == "FINISHED" for r in runs)
+    # the finished trial was not run again: its result.json in the bucket is as the crash left it
+    assert_finished_trials_not_rerun(files, at_crash, finished)
     for run in runs:   # every epoch once: none lost with the driver, none repeated by the resume
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")] == [1, 2]
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")   # proxied by the server

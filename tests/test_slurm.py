@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from slurm import plan, procs
-from tests.conftest import TINY
+from tests.conftest import TINY, require
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,14 +149,15 @@ def local_slurm():
     from tests.slurm import make_slurm, slurm_unavailable
 
     reason = slurm_unavailable()
-    if reason:
-        pytest.skip(f"no local Slurm: {reason}")
+    require(reason is None, f"no local Slurm: {reason}")
     slurm = make_slurm()
     try:
+        failure = None
         try:
             slurm.start()
         except RuntimeError as err:
-            pytest.skip(f"no local Slurm: its daemons did not start here: {err}")
+            failure = err
+        require(failure is None, f"no local Slurm: its daemons did not start here: {failure}")
         yield slurm
     finally:
         slurm.stop()
