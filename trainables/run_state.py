@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from orchestrator.core.config import key_prefixes
+from orchestrator.core.config_roles import RESUMABLE
 from orchestrator.core.selection import Selection
 from trainables.optim import unwrap
 from trainables.prevmatch import restore_snapshots, snapshot_states
@@ -106,9 +108,9 @@ def restore_state(saved: dict[str, dict[str, Any]] | None, flat: dict[str, Any],
                     train_state.get("prev_new_best", False), train_state.get("metrics", {}), chosen)
 
 
-# Keys a resumed run may change: how long it runs and with what resources, not what it computes.
-RESUMABLE_CHANGES = ("train.epochs", "train.max_failures", "train.num_workers", "train.overlay_images",
-                     "train.loader_workers", "train.cudnn_benchmark", "train.channels_last", "resources.")
+# Keys a resumed run may change (the `resumable` role, orchestrator/core/config_roles.py): how long it runs and with
+# what resources, not what it computes. Prefixes for str.startswith: a wholly resumable section is `section.`.
+RESUMABLE_CHANGES: tuple[str, ...] = key_prefixes(RESUMABLE)
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -3,6 +3,11 @@
 A run's config is resolved in this order: dataclass defaults → the search-space file's `fixed:` →
 `--set key=value` → the trial's sampled values. Every key is a dotted path (`ood.ratio`); the flat form
 is what MLflow records as params and what search spaces and `--set` address.
+
+Each field is declared with `setting(default, roles, help)`: its roles (orchestrator/core/config_roles.py) say what
+the key does, and every list of keys other modules act on (the label cache's, the encoder's, what a resume may
+change, what the report treats as inert) is computed from them by `keys_with`. docs/config.md is generated from
+these fields: `python -m orchestrator.core.config_doc`.
 """
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, get_args
 
+from orchestrator.core.config_roles import (DECIDES_LABELS, DIAGNOSTICS, ENCODER, EXPERIMENT, FAULT_TOLERANCE,
+                                          INERT_WITHOUT_OOD, INERT_WITHOUT_TEACHER_LABELS, LABELS, PURPOSES,
+                                          RESOURCES, RESUMABLE, ROLES, TEACHER_FIT)
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.names import resource_problem, text_problem
 from orchestrator.core.plugins import IMPORT_PATH_FORM, is_import_path, load_student_class, load_teacher_class
@@ -25,7 +33,7 @@ Dataset = Literal["shapes", "pascal", "pc60"]
 IdClassPrior = Literal["skewed", "uniform"]   # `shapes`: uniform = every target class equally common in ID
 StudentArch = Literal["unet_small", "deeplabv3plus_r50", "deeplabv3plus_r101"]   # registered; or an import path
 AmpDtype = Literal["auto", "bf16", "fp16"]
-Pretrain = Literal["none", "source_classification"]   # model.pretrain (orchestrator/students)   # train.amp: auto = bf16 where the device supports it, else fp16
+Pretrain = Literal["none", "source_classification"]   # model.pretrain (orchestrator/students)
 METHODS: tuple[str, ...] = get_args(Method)
 LABEL_SOURCES: tuple[str, ...] = get_args(LabelSource)
 TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
@@ -68,24 +76,55 @@ def _between(value: float, lo: float, hi: float, key: str) -> None:
     _require(lo <= value <= hi, key, f"{value} is out of range", f"use a value in [{lo}, {hi}]")
 
 
+def setting(default: Any, roles: tuple[str, ...], help: str) -> Any:
+    """A config field: its default, its roles (orchestrator/core/config_roles.py says what each means; the lists of
+    keys other modules act on are computed from them) and its help text (docs/config.md)."""
+    return field(default=default, metadata={"roles": tuple(roles), "help": help})
+
+
+# Role sets many fields share.
+_DATASET = (EXPERIMENT, LABELS, ENCODER)   # which images exist: the labels and the pretrained encoder depend on it
+_TEACHER = (EXPERIMENT, LABELS, INERT_WITHOUT_OOD, INERT_WITHOUT_TEACHER_LABELS)   # how the teacher labels
+_OOD = (EXPERIMENT, INERT_WITHOUT_OOD)      # how the OOD stream is drawn, once labeled
+_RESOURCE = (RESOURCES, RESUMABLE)
+
+
 @dataclass
 class DataConfig:
-    dataset: Dataset = "shapes"  # which layout/class list: the generated benchmark, or real VOC / Context-60
-    root: str = ""              # "" = the generated `shapes` benchmark in the cache (made on first use)
-    split: str = "16"           # labeled split: number of labeled images ("16", "92") or a split name ("1_16")
-    splits_dir: str = ""        # folder holding <split>/labeled.txt and val.txt ("" = <root>/splits)
-    seed: int = 0               # generator seed of the `shapes` benchmark
-    image_size: int = 64        # `shapes` image side
-    crop_size: int = 64         # training crop (the paper uses 321 on VOC)
-    num_train: int = 2000       # `shapes`: ID train pool (labeled splits + unlabeled)
-    num_val: int = 2000         # `shapes`: ID val images (300 left ±2 mIoU of sampling noise; README, Measured)
-    num_test: int = 2000        # `shapes`: held-out ID test images, never used for selection (0 = none)
-    num_ood: int = 4000         # `shapes`: OOD corpus images
-    num_source: int = 2000      # `shapes`: labeled source corpus (wide vocabulary) for fitting the teacher
-    distractor_share: float = 0.5  # `shapes`: share of OOD objects that are distractors
-    style_shift: float = 0.2    # `shapes`: low-level style difference of OOD images (0 = same as ID)
-    id_class_prior: IdClassPrior = "uniform"  # `shapes`: ID class frequencies; skewed = rings rare (README, Measured)
-    max_broken_share: float = 0.05  # stop when more than this share of a corpus cannot be read
+    """The dataset: a real one in the VOC/UniMatch layout, or the generated `shapes` benchmark and its generator's
+    settings; and the labeled split."""
+    dataset: Dataset = setting("shapes", _DATASET, "which layout and class list: `shapes` (the generated benchmark), "
+                               "`pascal` (VOC) or `pc60` (Pascal Context-60), the real ones read from data.root")
+    root: str = setting("", _DATASET, "dataset folder in the VOC/UniMatch layout; \"\" = the generated `shapes` "
+                        "benchmark in the cache (made on first use)")
+    split: str = setting("16", (EXPERIMENT,), "labeled split (`<root>/splits/<split>/labeled.txt`): the number of "
+                         "labeled images (`8`…`128` for `shapes`, `92`…`1464` for VOC) or a split name (`1_16`)")
+    splits_dir: str = setting("", (EXPERIMENT,), "folder holding `<split>/labeled.txt` and `val.txt` "
+                              "(\"\" = `<root>/splits`)")
+    seed: int = setting(0, (*_DATASET, TEACHER_FIT), "generator seed of the `shapes` benchmark (it also seeds the "
+                        "textseg teacher's fit and the encoder's pretraining)")
+    image_size: int = setting(64, _DATASET, "`shapes`: image side")
+    crop_size: int = setting(64, (EXPERIMENT,), "training crop (the paper uses 321 on VOC)")
+    num_train: int = setting(2000, _DATASET, "`shapes`: ID train pool (labeled splits + unlabeled)")
+    num_val: int = setting(2000, _DATASET, "`shapes`: ID val images (300 until the val-noise measurement: that left "
+                           "±2 mIoU of sampling noise; README, Measured)")
+    num_test: int = setting(2000, _DATASET, "`shapes`: held-out ID test images (`splits/test.txt`), never used for "
+                            "selection: each trial's best-on-val model is scored on them once (`test_miou`); "
+                            "0 = none")
+    num_ood: int = setting(4000, _DATASET, "`shapes`: OOD corpus images")
+    num_source: int = setting(2000, _DATASET, "`shapes`: labeled source corpus (a wide vocabulary) that the textseg "
+                              "teacher is fitted on and the student's encoder pretrained on")
+    distractor_share: float = setting(0.5, _DATASET, "`shapes`: how OOD images differ in content: the share of OOD "
+                                      "objects that are distractors")
+    style_shift: float = setting(0.2, _DATASET, "`shapes`: how OOD images differ in low-level style (0 = same as ID)")
+    id_class_prior: IdClassPrior = setting(
+        "uniform", _DATASET, "`shapes`: ID class frequencies: `uniform` (every target class equally common) or "
+        "`skewed` (disks common, rings rare, as VOC has rare classes; the default until the 5-seed comparison in "
+        "README, Measured); the OOD corpus keeps the reversed skewed prior")
+    id_distractor_share: float = setting(0.0, _DATASET, "`shapes`: share of ID objects that are distractors "
+                                         "(background in ID labels)")
+    max_broken_share: float = setting(0.05, (FAULT_TOLERANCE,), "stop when more than this share of a corpus cannot "
+                                      "be read (broken files are skipped and listed)")
 
     def __post_init__(self):
         _one_of(self.dataset, DATASETS, "data.dataset")
@@ -98,6 +137,7 @@ class DataConfig:
         _between(self.distractor_share, 0.0, 1.0, "data.distractor_share")
         _between(self.style_shift, 0.0, 1.0, "data.style_shift")
         _one_of(self.id_class_prior, ID_CLASS_PRIORS, "data.id_class_prior")
+        _between(self.id_distractor_share, 0.0, 0.9, "data.id_distractor_share")
         _between(self.max_broken_share, 0.0, 1.0, "data.max_broken_share")
         _require(self.dataset == "shapes" or bool(self.root), "data.root",
                  f"is required for data.dataset={self.dataset}", "set data.root to the dataset folder")
@@ -105,11 +145,17 @@ class DataConfig:
 
 @dataclass
 class OODConfig:
-    root: str = ""              # OOD corpus: a folder of images or a list file; "" = the benchmark's ood/
-    ratio: float = 0.5          # share of each unlabeled batch drawn from the OOD corpus (0.5 = paper's 1:1)
-    num_images: int = 0         # subsample the corpus to this many images (0 = all)
-    label_source: LabelSource = "teacher"  # teacher = open-vocabulary pseudo-labels; self = the student's own; none
-    teacher_thresh: float = 0.0  # teacher pixels below this confidence are ignored (applied at read time)
+    """The OOD stream of `semiovs`: which corpus, how much of each unlabeled batch, and whose labels."""
+    root: str = setting("", (EXPERIMENT, LABELS, INERT_WITHOUT_OOD), "OOD corpus: a folder of images or a list file; "
+                        "\"\" = the benchmark's `ood/`")
+    ratio: float = setting(0.5, (*_OOD, DECIDES_LABELS), "share of each unlabeled batch drawn from the OOD corpus "
+                           "(0 = ID only; 0.5 = the paper's 1:1)")
+    num_images: int = setting(0, _OOD, "use a seeded random subset of this many OOD images (0 = all); read from the "
+                              "labels of the whole corpus, so it never labels again")
+    label_source: LabelSource = setting("teacher", (*_OOD, DECIDES_LABELS), "`teacher` = open-vocabulary "
+                                        "pseudo-labels; `self` = the student's own (the naive baseline); `none`")
+    teacher_thresh: float = setting(0.0, (*_OOD, INERT_WITHOUT_TEACHER_LABELS), "teacher pixels below this "
+                                    "confidence are ignored (applied when training reads the labels)")
 
     def __post_init__(self):
         _between(self.ratio, 0.0, 1.0, "ood.ratio")
@@ -120,17 +166,24 @@ class OODConfig:
 
 @dataclass
 class TeacherConfig:
-    # textseg = the benchmark's fitted teacher; maskclip = open_clip ViT, training-free; or a plug-in's import
-    # path package.module:Class (docs/extending.md)
-    kind: str = "textseg"
-    pretrained: str = ""        # checkpoint file (or open_clip tag for maskclip); "" = fit/reuse the cached textseg
-    arch: str = "ViT-B-16"      # open_clip model name (maskclip)
-    templates: TemplateSet = "single"  # prompt templates
-    resolution: int = 0         # teacher input side (0 = native image size)
-    sliding_window: bool = False
-    batch_size: int = 64        # images per teacher call
-    fit_steps: int = 1500       # textseg fitting steps on the source corpus (~100 s on 2 CPU cores)
-    label_noise: float = 0.0    # share of the teacher's OOD object segments given a wrong class (a weaker teacher)
+    """The open-vocabulary teacher that labels the OOD corpus (once per distinct setting, cached)."""
+    kind: str = setting("textseg", (*_TEACHER, TEACHER_FIT), "`textseg` (the benchmark's teacher, fitted on the "
+                        "source corpus), `maskclip` (open_clip ViT, training-free), or a plug-in's import path "
+                        "`package.module:Class` (docs/extending.md)")
+    pretrained: str = setting("", _TEACHER, "checkpoint file (or open_clip tag for maskclip); \"\" = fit/reuse the "
+                              "cached textseg")
+    arch: str = setting("ViT-B-16", _TEACHER, "open_clip model name (maskclip)")
+    templates: TemplateSet = setting("single", (*_TEACHER, TEACHER_FIT), "prompt templates")
+    resolution: int = setting(0, _TEACHER, "teacher input side (0 = native image size)")
+    sliding_window: bool = setting(False, _TEACHER, "label images larger than the model's input in overlapping "
+                                   "windows of that size (maskclip)")
+    batch_size: int = setting(64, (RESOURCES, INERT_WITHOUT_OOD, INERT_WITHOUT_TEACHER_LABELS),
+                              "images per teacher call")
+    fit_steps: int = setting(1500, (*_TEACHER, TEACHER_FIT), "textseg fitting steps on the source corpus (~100 s "
+                             "on 2 CPU cores)")
+    label_noise: float = setting(0.0, _TEACHER, "a weaker teacher on purpose: this share of its OOD object segments "
+                                 "get another target class (seeded by image id; a new label set per value; "
+                                 "docs/method.md §7)")
 
     def __post_init__(self):
         _registered_or_import_path(self.kind, TEACHER_KINDS, "teacher.kind")
@@ -143,30 +196,57 @@ class TeacherConfig:
 
 @dataclass
 class TrainConfig:
-    method: Method = "semiovs"
-    conf_thresh: float = 0.95   # τ on the student's ID pseudo-labels
-    lambda_ood: float = 1.0     # λ: weight of the OOD loss; total = (L_x + L_u + λ L_ood) / (2 + λ)
-    epochs: int = 6
-    iters_per_epoch: int = 40   # 0 = one pass over the ID unlabeled set (the paper's epoch)
-    batch_size: int = 8         # labeled images per step (and ID unlabeled images per step for unimatch)
-    lr: float = 0.1             # for the from-scratch CPU student (README, "Measured")
-    lr_multi: float = 1.0       # head lr multiplier (the paper: 10 with a pretrained backbone)
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    num_workers: int = 1        # Ray Train DDP workers; 0 = local mode (in the trial process, fastest here)
-    amp: bool = False           # mixed precision: autocast in amp_dtype (on CPU: bf16 only)
-    sync_bn: bool = False       # SyncBatchNorm across DDP workers (GPU only)
-    max_failures: int = 1       # Train worker failures survived per trial (restart from the last checkpoint)
-    trial_retries: int = 1      # times Tune restarts a failed trial (e.g. its driver's node died), from its last checkpoint
-    overlay_images: int = 4     # val images drawn with their predictions every epoch (0 = off); MLflow artifact
-    prevmatch: bool = False     # PrevMatch guidance by past best models (docs/method.md §5); unimatch/semiovs only
-    prev_max_models: int = 8    # PrevMatch: frozen snapshots kept (the oldest is dropped past this)
-    prev_max_k: int = 3         # PrevMatch: each step ensembles K ~ U{1..min(this, kept)} snapshots
-    prev_thresh: float = 0.9    # PrevMatch: confidence threshold on the ensemble's pseudo-labels
-    loader_workers: int = 0     # DataLoader processes preparing each Train worker's batches (0 = in its own process)
-    amp_dtype: AmpDtype = "auto"   # train.amp's dtype: auto = bf16 where the device supports it, else fp16
-    channels_last: bool = False    # NHWC memory format for the student and its inputs (faster convs on GPUs)
-    cudnn_benchmark: bool = False  # let cuDNN pick the fastest convolution algorithms (fixed crop sizes)
+    """How the student is trained: the method, its losses and schedule, and how the training runs."""
+    method: Method = setting("semiovs", (EXPERIMENT, DECIDES_LABELS), "`supervised` (labeled images only), "
+                             "`unimatch`, or `semiovs` (UniMatch with the OOD stream)")
+    conf_thresh: float = setting(0.95, (EXPERIMENT,), "τ on the student's ID pseudo-labels")
+    lambda_ood: float = setting(1.0, (EXPERIMENT,), "λ: weight of the OOD loss; total = (L_x + L_u + λ·L_ood) / "
+                                "(2 + λ)")
+    epochs: int = setting(6, (EXPERIMENT, RESUMABLE), "training epochs")
+    iters_per_epoch: int = setting(40, (EXPERIMENT,), "steps per epoch; 0 = one pass over the ID unlabeled set "
+                                   "(the paper's epoch)")
+    batch_size: int = setting(8, (EXPERIMENT,), "labeled images per step (per Train worker); ID unlabeled per step "
+                              "= this, OOD share of 2× this (semiovs)")
+    lr: float = setting(0.1, (EXPERIMENT,), "SGD learning rate, poly decay (power 0.9) per step; 0.1 suits the "
+                        "from-scratch CPU student (README, Measured), the paper's pretrained ResNet uses 0.001 with "
+                        "lr_multi 10 (`paper_voc.yaml`)")
+    lr_multi: float = setting(1.0, (EXPERIMENT,), "head lr multiplier (the paper: 10 with a pretrained backbone)")
+    weight_decay: float = setting(1e-4, (EXPERIMENT,), "SGD weight decay")
+    momentum: float = setting(0.9, (EXPERIMENT,), "SGD momentum")
+    num_workers: int = setting(1, (EXPERIMENT, RESUMABLE), "Ray Train DDP workers, each with its own batch and shard "
+                               "of the unlabeled images; 0 = local mode (in the trial process, fastest here). Under "
+                               "`train.*` rather than `resources.*`: it decides how training runs, not only what it "
+                               "reserves")
+    amp: bool = setting(False, (EXPERIMENT,), "mixed precision: autocast in train.amp_dtype (on a CPU, bf16 only)")
+    sync_bn: bool = setting(False, (EXPERIMENT,), "SyncBatchNorm across DDP workers (GPU only)")
+    max_failures: int = setting(1, (FAULT_TOLERANCE, RESUMABLE), "Train worker failures a trial survives (it "
+                                "restarts from its last checkpoint)")
+    trial_retries: int = setting(1, (FAULT_TOLERANCE,), "times Tune restarts a failed trial (e.g. its driver's node "
+                                 "died), from its last checkpoint")
+    overlay_images: int = setting(4, (DIAGNOSTICS, RESUMABLE), "val images drawn with their predictions every epoch "
+                                  "(MLflow `eval/overlays_epoch_NNN.png`; 0 = off, at most 16)")
+    prevmatch: bool = setting(False, (EXPERIMENT,), "PrevMatch guidance (docs/method.md §5; `unimatch`/`semiovs` "
+                              "only): frozen copies of the model after each new best val mIoU label the ID unlabeled "
+                              "images; total = (L_x + L_u + λ_prev·L_prev + λ·L_ood) / (2 + λ_prev + λ), λ_prev a "
+                              "triangle over the epochs peaking at half; logs `loss_prev`, `lambda_prev`, "
+                              "`prev_models`")
+    prev_max_models: int = setting(8, (EXPERIMENT,), "PrevMatch: frozen past models kept (the oldest is dropped past "
+                                   "this; each adds its weights to every checkpoint)")
+    prev_max_k: int = setting(3, (EXPERIMENT,), "PrevMatch: each step ensembles K ~ U{1..min(this, kept)} past "
+                              "models with Dirichlet weights")
+    prev_thresh: float = setting(0.9, (EXPERIMENT,), "PrevMatch: confidence threshold on the ensemble's "
+                                 "pseudo-labels")
+    loader_workers: int = setting(0, _RESOURCE, "DataLoader processes that make each Train worker's coming batches "
+                                  "while it trains (prefetch 2 steps each; pinned memory and `non_blocking` copies "
+                                  "on CUDA); 0 = the worker makes each batch itself between steps. Same batches "
+                                  "either way, also after a resume. They share the worker's CPU reservation: raise "
+                                  "`resources.cpus_per_worker` to give them cores")
+    amp_dtype: AmpDtype = setting("auto", (EXPERIMENT,), "train.amp's dtype: `auto` = bf16 where the device supports "
+                                  "it (a CPU, or a GPU with bf16), else fp16 with loss scaling; `fp16` is CUDA only")
+    channels_last: bool = setting(False, _RESOURCE, "NHWC memory format for the student and its input images "
+                                  "(faster convolutions on tensor-core GPUs)")
+    cudnn_benchmark: bool = setting(False, _RESOURCE, "let cuDNN search for the fastest convolution algorithms "
+                                    "(fixed crop sizes)")
 
     def __post_init__(self):
         _one_of(self.method, METHODS, "train.method")
@@ -193,14 +273,19 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "unet_small"    # a registered student (StudentArch) or a plug-in's import path package.module:Class
-    width: int = 16             # base channel count of unet_small
-    fp_dropout: float = 0.5     # Dropout2d of UniMatch's feature-perturbation branch
-    pretrained_backbone: str = ""  # local file with torchvision ResNet weights ("" = random init)
-    # How the encoder starts when pretrained_backbone is "": source_classification = pretrained once (cached) by
-    # image-level classification of the dataset's labeled source corpus (orchestrator/students); none = random
-    pretrain: Pretrain = "none"
-    pretrain_steps: int = 3000   # SGD steps of that pretraining (batch 32)
+    """The student network and how its encoder starts."""
+    arch: str = setting("unet_small", (EXPERIMENT, ENCODER), "`unet_small` (the CPU student), `deeplabv3plus_r50`, "
+                        "`deeplabv3plus_r101`, or a plug-in's import path `package.module:Class` "
+                        "(docs/extending.md)")
+    width: int = setting(16, (EXPERIMENT, ENCODER), "base channel count of unet_small")
+    fp_dropout: float = setting(0.5, (EXPERIMENT,), "Dropout2d of UniMatch's feature-perturbation branch")
+    pretrained_backbone: str = setting("", (EXPERIMENT, ENCODER), "local file with torchvision ResNet weights "
+                                       "(\"\" = random init, or model.pretrain); takes precedence over model.pretrain")
+    pretrain: Pretrain = setting("none", (EXPERIMENT, ENCODER), "how the encoder starts when pretrained_backbone is "
+                                 "\"\": `source_classification` = pretrained once (cached) by image-level "
+                                 "classification of the dataset's labeled source corpus (orchestrator/students); "
+                                 "`none` = random")
+    pretrain_steps: int = setting(3000, (EXPERIMENT, ENCODER), "SGD steps of that pretraining (batch 32)")
 
     def __post_init__(self):
         _registered_or_import_path(self.arch, STUDENT_ARCHS, "model.arch")
@@ -212,14 +297,21 @@ class ModelConfig:
 
 @dataclass
 class ResourcesConfig:
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0   # > 0 selects nccl, AMP and SyncBN where enabled
-    trial_cpus: float = 0.0        # the Tune function that drives each trial's TorchTrainer (it only waits on it)
-    trial_resource: str = ""       # custom Ray resource a trial's driver needs (e.g. on-demand nodes); "" = any node
-    worker_resource: str = ""      # custom Ray resource each Train worker needs (e.g. a GPU pool); "" = any node
-    teacher_actors: int = 1        # Ray Data actor-pool size for pseudo-labeling (one per GPU on a cluster)
-    cpus_per_teacher: float = 1.0
-    gpus_per_teacher: float = 0.0
+    """What each part of a run reserves from Ray, and on which nodes."""
+    cpus_per_worker: float = setting(1.0, _RESOURCE, "CPUs per Train worker (its train.loader_workers share them)")
+    gpus_per_worker: float = setting(0.0, _RESOURCE, "GPUs per Train worker; > 0 selects nccl, AMP and SyncBN where "
+                                     "enabled")
+    trial_cpus: float = setting(0.0, _RESOURCE, "CPUs of the Tune function that drives a trial's TorchTrainer: it only "
+                                "waits on it, so it holds 256 MiB of Ray's `memory` resource and no CPU; in local mode "
+                                "it holds the worker's CPUs")
+    trial_resource: str = setting("", _RESOURCE, "a custom Ray resource a trial's driver needs (e.g. `on_demand`): "
+                                  "pins it to the nodes that have it; \"\" = any node")
+    worker_resource: str = setting("", _RESOURCE, "a custom Ray resource each Train worker needs (e.g. a GPU pool): "
+                                   "pins them to the nodes that have it; \"\" = any node")
+    teacher_actors: int = setting(1, _RESOURCE, "Ray Data actor-pool size for pseudo-labeling (one per GPU on a "
+                                  "cluster)")
+    cpus_per_teacher: float = setting(1.0, _RESOURCE, "CPUs per labeling actor")
+    gpus_per_teacher: float = setting(0.0, _RESOURCE, "GPUs per labeling actor")
 
     def __post_init__(self):
         _require(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0", "use e.g. 1")
@@ -236,13 +328,14 @@ class ResourcesConfig:
 
 @dataclass
 class ExperimentConfig:
+    """A run's whole config: the sections above, and the run seed."""
     data: DataConfig = field(default_factory=DataConfig)
     ood: OODConfig = field(default_factory=OODConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    seed: int = 0
+    seed: int = setting(0, (EXPERIMENT,), "run seed (per-worker seeds derive from it)")
 
     @property
     def uses_teacher_labels(self) -> bool:
@@ -269,6 +362,68 @@ def _field_types() -> dict[str, type]:
 
 
 CONFIG_KEYS: dict[str, type] = _field_types()
+
+
+def _key_fields() -> dict[str, dataclasses.Field]:
+    """Dotted key → its dataclass field, in declaration order (the order of CONFIG_KEYS)."""
+    found: dict[str, dataclasses.Field] = {}
+    for top in dataclasses.fields(ExperimentConfig):
+        if top.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(top.default_factory):
+            found.update({f"{top.name}.{f.name}": f for f in dataclasses.fields(top.default_factory)})
+        else:
+            found[top.name] = top
+    return found
+
+
+KEY_FIELDS: dict[str, dataclasses.Field] = _key_fields()
+KEY_ROLES: dict[str, tuple[str, ...]] = {key: tuple(f.metadata.get("roles", ())) for key, f in KEY_FIELDS.items()}
+KEY_HELP: dict[str, str] = {key: f.metadata.get("help", "") for key, f in KEY_FIELDS.items()}
+
+
+def keys_with(role: str) -> tuple[str, ...]:
+    """The config keys that have `role` (config_roles.py), in declaration order."""
+    if role not in ROLES:
+        raise ValueError(f"unknown config role {role!r}; the roles are {', '.join(ROLES)}")
+    return tuple(key for key, roles in KEY_ROLES.items() if role in roles)
+
+
+def key_prefixes(role: str) -> tuple[str, ...]:
+    """keys_with(role) for `str.startswith`: a section whose every key has the role is given once, as `section.`,
+    so a key that older code wrote in that section (e.g. in a checkpoint's config) counts too."""
+    keys = keys_with(role)
+    sections = {key.split(".")[0] for key in keys if "." in key}
+    whole = {s for s in sections if all(role in r for k, r in KEY_ROLES.items() if k.startswith(s + "."))}
+    out: list[str] = []
+    for key in keys:
+        section = key.split(".")[0]
+        entry = f"{section}." if "." in key and section in whole else key
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
+
+
+def role_problems(fields: dict[str, dataclasses.Field] | None = None) -> list[str]:
+    """What is wrong with the fields' roles and help (default: every config key): each needs exactly one purpose
+    role, only known roles, and a help text."""
+    problems = []
+    for key, f in (KEY_FIELDS if fields is None else fields).items():
+        roles = tuple(f.metadata.get("roles", ()))
+        purposes = [r for r in roles if r in PURPOSES]
+        unknown = [r for r in roles if r not in ROLES]
+        if not roles:
+            problems.append(f"{key}: no roles. Fix: declare it with setting(default, roles, help) "
+                            f"(orchestrator/core/config_roles.py lists the roles)")
+            continue
+        if unknown:
+            problems.append(f"{key}: unknown role(s) {', '.join(unknown)}. Fix: use {', '.join(ROLES)}")
+        if len(purposes) != 1:
+            problems.append(f"{key}: needs exactly one of the purpose roles {', '.join(PURPOSES)}, has "
+                            f"{', '.join(purposes) or 'none'}")
+        if len(set(roles)) != len(roles):
+            problems.append(f"{key}: a role is given twice")
+        if not f.metadata.get("help"):
+            problems.append(f"{key}: no help text")
+    return problems
 
 
 def check_key(key: str, source: str) -> None:

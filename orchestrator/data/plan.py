@@ -33,7 +33,7 @@ def shapes_spec(cfg: ExperimentConfig):
     return ShapesSpec(image_size=d.image_size, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
                       num_ood=d.num_ood,
                       num_source=d.num_source, distractor_share=d.distractor_share, style_shift=d.style_shift,
-                      seed=d.seed, splits=splits or (1,), id_class_prior=d.id_class_prior)
+                      seed=d.seed, splits=splits or (1,), id_class_prior=d.id_class_prior, id_distractor_share=d.id_distractor_share)
 
 
 def dataset_root(cfg: ExperimentConfig, cache_root: Path, progress=None) -> Path:

@@ -12,7 +12,6 @@ same spec gives byte-identical files (with the same Pillow/libjpeg/zlib build) a
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.core.config import ID_CLASS_PRIORS, DataConfig
+from orchestrator.core.console import exclusive_lock
 from orchestrator.data import render
 from orchestrator.data.voc import DatasetError, mask_to_image, write_split_file
 from orchestrator.core.vocab import ClassConcepts, Vocabulary
@@ -74,6 +74,9 @@ class ShapesSpec:
     style_shift: float = DataConfig.style_shift  # 0 = OOD style identical to ID, 1 = strongly different style
     seed: int = DataConfig.seed
     id_class_prior: str = DataConfig.id_class_prior  # uniform, or skewed (a rare class, as in VOC)
+    # share of ID objects drawn from the distractor classes, labeled background in ID ground truth (as VOC images
+    # show objects of other classes, which its labels call background)
+    id_distractor_share: float = DataConfig.id_distractor_share
 
     def __post_init__(self):
         def need(ok: bool, field: str, allowed: str) -> None:
@@ -89,7 +92,7 @@ class ShapesSpec:
              and len(set(self.splits)) == len(self.splits),
              "splits", f"distinct ints in 1..num_train-1 = 1..{self.num_train - 1} (unlabeled must not be empty)")
         object.__setattr__(self, "splits", tuple(sorted(self.splits)))
-        for f in ("distractor_share", "style_shift"):
+        for f in ("distractor_share", "style_shift", "id_distractor_share"):
             need(isinstance(getattr(self, f), (int, float)) and 0.0 <= getattr(self, f) <= 1.0, f, "a number in [0, 1]")
             object.__setattr__(self, f, float(getattr(self, f)))
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an int >= 0")
@@ -107,6 +110,8 @@ class ShapesSpec:
             del out["id_class_prior"]
         if self.num_test == 0:              # likewise for a spec without a test split
             del out["num_test"]
+        if not self.id_distractor_share:    # ... and one without distractors in the ID domain
+            del out["id_distractor_share"]
         return out
 
     def digest(self) -> str:
@@ -119,7 +124,8 @@ def domain_contents(spec: ShapesSpec) -> dict[str, render.Content]:
     """What each domain contains. Probabilities are over source-vocabulary ids 1..10 (targets, then distractors)."""
     d = spec.distractor_share
     id_prior = _ID_PRIOR if spec.id_class_prior == "skewed" else (1.0 / _NUM_TARGET,) * _NUM_TARGET
-    id_probs = id_prior + (0.0,) * len(DISTRACTOR_NAMES)
+    di = spec.id_distractor_share
+    id_probs = tuple((1 - di) * p for p in id_prior) + tuple(di / len(DISTRACTOR_NAMES) for _ in DISTRACTOR_NAMES)
     ood_probs = tuple((1 - d) * p for p in _OOD_PRIOR) + tuple(d / len(DISTRACTOR_NAMES) for _ in DISTRACTOR_NAMES)
     src_probs = (1.0,) * (SOURCE_VOCAB.num_classes - 1)
     id_content = render.Content(num_objects=(1, 3), num_clutter=(0, 2), radius=(0.16, 0.30), class_probs=id_probs)
@@ -206,9 +212,10 @@ def _render_domain(spec: ShapesSpec, root: Path, domain: str, count: int, bar=No
         rng = _rng(spec, _DOMAINS[domain], i)
         if domain in ("train", "val", "test"):
             img, lab = render.render_scene(rng, spec.image_size, content, 0.0)
+            target = _to_target(lab)   # distractors (data.id_distractor_share) are background in ID labels
             w.image(f"JPEGImages/{domain}_{i:05d}.jpg", img)
-            w.mask(f"SegmentationClass/{domain}_{i:05d}.png", lab)
-            present.append(set(np.unique(lab).tolist()) - {0, 255})
+            w.mask(f"SegmentationClass/{domain}_{i:05d}.png", target)
+            present.append(set(np.unique(target).tolist()) - {0, 255})
         elif domain == "ood":
             img, lab = render.render_scene(rng, spec.image_size, content, spec.style_shift)
             w.image(f"ood/JPEGImages/ood_{i:05d}.jpg", img)
@@ -299,11 +306,7 @@ def ensure_shapes(cache_root: str | Path, spec: ShapesSpec, progress=None) -> Pa
     if (root / "manifest.json").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not (root / "manifest.json").is_file():
-                generate_shapes(spec, root, overwrite=True, progress=progress)  # a folder without manifest is a leftover: replace it
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive_lock(root.parent / f".{root.name}.lock", f"the shapes benchmark {root.name}"):
+        if not (root / "manifest.json").is_file():
+            generate_shapes(spec, root, overwrite=True, progress=progress)  # a folder without manifest is a leftover: replace it
     return root

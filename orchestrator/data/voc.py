@@ -7,6 +7,7 @@ this module, so a real dataset is a drop-in replacement for the embedded one.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,35 @@ def load_source_corpus(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
     images = np.stack([load_image(img) for img, _ in pairs])
     masks = np.stack([load_mask(mask) for _, mask in pairs])
     return images, masks
+
+
+def source_corpus_digest(data_root: str | Path) -> str:
+    """A digest of the source corpus's content (its list, every file it names, its vocabulary): what a teacher
+    fitted on it or an encoder pretrained on it depends on, and nothing else of the dataset (its ID and OOD
+    settings can change without fitting again). Read once per process and folder state."""
+    listing = Path(data_root) / "source" / "list.txt"
+    stamp = listing.stat().st_mtime_ns if listing.is_file() else 0
+    return _source_digest(str(Path(data_root).resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _source_digest(data_root: str, stamp: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(data_root)
+    listing = root / "source" / "list.txt"
+    if not listing.is_file():
+        return ""
+    h.update(listing.read_bytes())
+    for image, mask in list_ood_corpus(root / "source"):
+        for path in (image, mask):
+            if path is not None:
+                h.update(Path(path).read_bytes())
+    classes = root / "classes.json"
+    if classes.is_file():
+        h.update(json.dumps(json.loads(classes.read_text()).get("source")).encode())
+    return h.hexdigest()
 
 
 def load_vocabulary(root: str | Path, key: str = "target") -> Vocabulary:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.config import ExperimentConfig, build_config, flatten
+from orchestrator.core.config import ExperimentConfig, build_config, flatten, keys_with
+from orchestrator.core.config_roles import LABELS
 from orchestrator.core.digest import digest_json
 from orchestrator.data.plan import dataset_root, ood_corpus, teacher_vocabulary
 from orchestrator.labels.pipeline import LabelingJob, LabelingOutcome
@@ -20,15 +21,11 @@ from orchestrator.labels.store import LabelStore, cache_key, corpus_fingerprint,
 from orchestrator.teachers.fit_task import ensure_fitted_teacher, teacher_spec
 from orchestrator.teachers.registry import folder_name, is_builtin, label_key_extras, teacher_traits
 
-# The dataset (and, for the generated benchmark, every setting of its generator), the OOD corpus, and the
-# teacher (kind, weights or fit settings, prompts, inference settings, and the noise that weakens its labels).
-LABEL_KEYS = (
-    "data.dataset", "data.root", "data.seed", "data.image_size", "data.num_train", "data.num_val", "data.num_test",
-    "data.num_ood", "data.num_source", "data.distractor_share", "data.style_shift", "data.id_class_prior",
-    "ood.root",
-    "teacher.kind", "teacher.pretrained", "teacher.arch", "teacher.templates", "teacher.resolution",
-    "teacher.sliding_window", "teacher.fit_steps", "teacher.label_noise",
-)
+# The keys with the `labels` role (orchestrator/core/config_roles.py), in declaration order: the dataset (and, for
+# the generated benchmark, every setting of its generator), the OOD corpus, and the teacher (kind, weights or fit
+# settings, prompts, inference settings, and the noise that weakens its labels). tests/test_config_roles.py pins
+# the tuple: its order is part of every label cache key.
+LABEL_KEYS: tuple[str, ...] = keys_with(LABELS)
 
 
 @dataclass(frozen=True)

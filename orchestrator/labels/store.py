@@ -13,7 +13,6 @@ applied when training reads the labels, so sweeping them never re-runs the teach
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from orchestrator.core.console import exclusive_lock
 from orchestrator.core.digest import digest_json
 from orchestrator.core.label_format import SHARDS_DIR
 from orchestrator.core.paths import inside
@@ -85,11 +85,7 @@ class LabelStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive per-key lock across processes: one labels, the others wait, then reuse."""
+        """Exclusive per-key lock across processes: one labels, the others wait (saying so), then reuse."""
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.root.parent / f"{self.key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive_lock(self.root.parent / f"{self.key}.lock", f"the OOD labels {self.key}"):
+            yield

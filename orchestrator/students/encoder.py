@@ -5,7 +5,8 @@ The paper's students start from ImageNet weights. Nothing can be downloaded here
 source corpus, by image-level classification (which classes an image shows: trainables.pretrain): a corpus
 and a task disjoint from the target split, as ImageNet is for VOC. It is pretrained once per `EncoderRequest`
 (the dataset's digest, the student's architecture and width, the steps) into
-`<cache>/students/encoder-<arch>-<key>.pt`, beside its size and sha256; every trial and every later sweep
+`<cache>/students/encoder-<arch>-<key>.pt` (keyed by the source corpus's content, not the rest of the dataset),
+beside its size and sha256; every trial and every later sweep
 reuses it. `model.pretrained_backbone` (a weights file, e.g. ImageNet's for the DeepLabs) takes precedence.
 
 Like the teacher's fit, the pretraining runs as a Ray task when Ray is up (a cluster can give it a GPU's node),
@@ -18,18 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.config import ExperimentConfig, build_config, flatten
+from orchestrator.core.config import ExperimentConfig, build_config, flatten, keys_with
+from orchestrator.core.config_roles import ENCODER
 from orchestrator.core.digest import checksum_problem, digest_json, file_checksum
 from orchestrator.core.errors import UserError
 from orchestrator.core.paths import inside
 
 PRETRAIN_VERSION = "1"   # bump when trainables.pretrain changes what it learns: older encoders stop matching
-# The config keys an encoder depends on: the dataset (its digest covers every setting of the generator) and the
-# student's encoder. Anything else (the labeled split, the method, the OOD stream) leaves it as it is.
-ENCODER_KEYS = ("data.dataset", "data.root", "data.seed", "data.image_size", "data.num_train", "data.num_val",
-                "data.num_test", "data.num_ood", "data.num_source", "data.distractor_share", "data.style_shift",
-                "data.id_class_prior", "model.arch", "model.width", "model.pretrain", "model.pretrain_steps",
-                "model.pretrained_backbone")
+# The config keys an encoder depends on (the `encoder` role, orchestrator/core/config_roles.py): the dataset (every
+# setting of the generator) and the student's encoder. Anything else (the labeled split, the method, the OOD
+# stream) leaves it as it is.
+ENCODER_KEYS: tuple[str, ...] = keys_with(ENCODER)
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,11 @@ def source_corpus(data_root: Path) -> Path:
 
 def encoder_path(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> Path:
     """Where the encoder of `cfg` lives in the cache: keyed by the dataset's digest and the encoder's settings."""
-    manifest = data_root / "manifest.json"
-    dataset = json.loads(manifest.read_text()).get("digest", "") if manifest.is_file() else str(data_root)
+    from orchestrator.data.voc import source_corpus_digest
+
     m = cfg.model
-    key = digest_json({"dataset": dataset, "arch": m.arch, "width": m.width, "task": m.pretrain,
+    key = digest_json({"source": source_corpus_digest(data_root) or str(data_root), "arch": m.arch, "width": m.width,
+                       "task": m.pretrain,
                        "steps": m.pretrain_steps, "seed": cfg.data.seed, "version": PRETRAIN_VERSION}, 16)
     return inside(cache_root, "students", f"encoder-{m.arch.replace(':', '.')}-{key}.pt")
 

@@ -5,15 +5,18 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.core.config import config_from_flat
+from orchestrator.core.config import config_from_flat, keys_with
+from orchestrator.core.config_roles import DECIDES_LABELS
 from orchestrator.core.errors import SpaceError
 from orchestrator.core.nodes import CUSTOM_SHARE
 from orchestrator.labels.job import LABEL_KEYS, LabelRequest
 from orchestrator.students.encoder import ENCODER_KEYS, EncoderRequest, wants_pretraining
 from orchestrator.sweep.space import DISCRETE, SearchSpace
 
-# Keys that decide whether a trial reads teacher labels at all (beside the keys of the labels themselves).
-_NEEDS_LABELS = ("train.method", "ood.label_source")
+# Keys that decide whether a trial reads teacher labels at all (beside the keys of the labels themselves): the
+# `decides_labels` role (orchestrator/core/config_roles.py), but for ood.ratio, which labeling_configs plans by its
+# largest swept value instead (so a continuous ratio needs no labeling run per sampled value).
+_NEEDS_LABELS: tuple[str, ...] = tuple(key for key in keys_with(DECIDES_LABELS) if key != "ood.ratio")
 
 
 def _distinct_configs(space: SearchSpace, base: dict[str, Any], axis_keys: set[str], what: str, request_of,

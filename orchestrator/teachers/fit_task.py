@@ -29,10 +29,12 @@ TEXTSEG_FIT_VERSION = "3"  # bump when fit_textseg changes what it learns; older
 def fitted_teacher_path(cfg: ExperimentConfig, cache_root: Path, data_root: Path) -> Path:
     """Where the teacher fitted on the source corpus lives: keyed by its fit settings and source corpus (and, for a
     plug-in, by its kind and code, as its labels are)."""
-    manifest = data_root / "manifest.json"
-    source_digest = json.loads(manifest.read_text()).get("digest", "") if manifest.is_file() else str(data_root)
+    from orchestrator.data.voc import source_corpus_digest
+
+    # the source corpus's own content: a change of the ID or OOD domains keeps the fitted teacher
     inputs = {"steps": cfg.teacher.fit_steps, "templates": cfg.teacher.templates,
-              "source": source_digest, "seed": cfg.data.seed, "version": TEXTSEG_FIT_VERSION}
+              "source": source_corpus_digest(data_root) or str(data_root), "seed": cfg.data.seed,
+              "version": TEXTSEG_FIT_VERSION}
     kind = cfg.teacher.kind
     if not is_builtin(kind):   # textseg's files keep their names
         inputs = {**inputs, "kind": kind, **label_key_extras(kind)}

@@ -11,6 +11,7 @@ read and `write_report` the only writer, so the numbers are tested on hand-made 
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.core import atomic
+from orchestrator.core import config_roles as roles
+from orchestrator.core.config import keys_with
 from orchestrator.tracking import client as mlflow_runs
 from orchestrator.tracking import paired
+from orchestrator.tracking.paste import Provenance, paste
 from orchestrator.tracking.report_plots import TEACHER_PRECISION, PlotContext, plot_files
 from orchestrator.tracking.scoring import PER_EPOCH, Score, parse_score, score_of
 from orchestrator.core.errors import UserError
@@ -63,16 +67,24 @@ class Group:
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+# Keys that do nothing in some runs, by their roles (orchestrator/core/config_roles.py): without an OOD stream
+# (the ood.* and teacher.* keys), and when the teacher does not label the OOD stream (teacher.*, ood.teacher_thresh).
+INERT_WITHOUT_OOD: frozenset[str] = frozenset(keys_with(roles.INERT_WITHOUT_OOD))
+INERT_WITHOUT_TEACHER_LABELS: frozenset[str] = frozenset(keys_with(roles.INERT_WITHOUT_TEACHER_LABELS))
+
+
 def effective_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Params with inert keys blanked: `ood.*` and `teacher.*` do nothing without an OOD stream (supervised,
-    unimatch), and `teacher.*` nothing when the OOD stream is not labeled by the teacher; so a supervised run of
-    one sweep and of another group together whatever their ood.label_source says."""
+    """Params with inert keys blanked: INERT_WITHOUT_OOD without an OOD stream (supervised, unimatch), and
+    INERT_WITHOUT_TEACHER_LABELS when the OOD stream is not labeled by the teacher; so a supervised run of one sweep
+    and of another group together whatever their ood.label_source says."""
     params = {**ADDED_KEYS, **params}
     if params.get("train.method") in ("supervised", "unimatch"):
-        return {k: (INERT if k.startswith(("ood.", "teacher.")) else v) for k, v in params.items()}
-    if params.get("ood.label_source", "teacher") != "teacher":
-        return {k: (INERT if k.startswith("teacher.") or k == "ood.teacher_thresh" else v) for k, v in params.items()}
-    return dict(params)
+        inert = INERT_WITHOUT_OOD
+    elif params.get("ood.label_source", "teacher") != "teacher":
+        inert = INERT_WITHOUT_TEACHER_LABELS
+    else:
+        return dict(params)
+    return {k: (INERT if k in inert else v) for k, v in params.items()}
 
 
 def grouping_keys(trials: list[dict[str, Any]]) -> list[str]:
@@ -237,20 +249,46 @@ def _metric_safe(value: Any) -> str:
 
 
 def collect_trials(uri: str, experiment: str, history: bool = False) -> tuple[str | None, list[dict[str, Any]]]:
-    """(parent run id, trials) of a sweep; a trial re-run after a resume counts once (newest run). With
-    `history`, each trial also carries its per-epoch val_miou (for a last-k score)."""
+    """(parent run id, trials) of a sweep; a trial with more than one run counts once (its newest run), and one
+    `warning:` line names the others. With `history`, each trial also carries its per-epoch val_miou (for a
+    last-k score)."""
+    from orchestrator.core.console import warn
+
     experiment_id = mlflow_runs.experiment_id_of(uri, experiment)
     if experiment_id is None:
         raise UserError(f"no MLflow experiment '{experiment}' in {uri}. Fix: pass the sweep's --name as "
                         f"--experiment, and the --tracking-uri it logged to.")
     parents = mlflow_runs.find_runs(uri, experiment_id, role=mlflow_runs.ROLE_SWEEP)
-    trials = mlflow_runs.trial_runs(uri, experiment_id)
+    trials = mlflow_runs.trial_runs(uri, experiment_id)   # every page: a sweep of thousands is reported whole
     if not trials:
         raise UserError(f"experiment '{experiment}' has no trial runs yet. Fix: wait for a trial to report.")
+    for sweep in sorted({t["sweep_name"] for t in trials if t["older"]}):
+        warn(mlflow_runs.duplicate_runs_text(uri, sweep, {f"trial {t['trial_id']}": [t["run_id"], *t["older"]]
+                                                          for t in trials if t["sweep_name"] == sweep},
+                                             "the report reads the newest of each"))
     if history:
         for t in trials:
             t["history"] = mlflow_runs.metric_history(uri, t["run_id"], PER_EPOCH)
     return (parents[0].info.run_id if parents else None), trials
+
+
+def provenance(uri: str, names: list[str], parents: list[str], title: str, command: str) -> Provenance:
+    """What a pasted table was made from: each sweep's space file, overrides and fingerprint (its parent run's
+    tags, written when the sweep started)."""
+    import datetime
+
+    if len(parents) < len(names):
+        raise UserError(f"a sweep of {', '.join(names)} has no parent run. Fix: report --into only sweeps run by "
+                        f"`run.py sweep`.")
+    runs = []
+    for name, parent in zip(names, parents):
+        tags = mlflow_runs.client(uri).get_run(parent).data.tags
+        if "defaults_fingerprint" not in tags:
+            raise UserError(f"sweep '{name}' was run before sweeps recorded what they were made with, so its table "
+                            f"cannot be pasted with a fingerprint. Fix: run the sweep again, then report --into.")
+        runs.append({"experiment": name, "space": tags["space_file"], "sets": json.loads(tags.get("sets") or "{}"),
+                     "fingerprint": tags["defaults_fingerprint"]})
+    return Provenance(title.replace(" ", ""), command, datetime.date.today().isoformat(), runs)
 
 
 def report_markdown(title: str, groups: list[Group], keys: list[str], cmp: Comparison = NO_COMPARISON) -> str:
@@ -275,8 +313,9 @@ def report_markdown(title: str, groups: list[Group], keys: list[str], cmp: Compa
 
 
 def write_report(uri: str, experiments: list[str] | str, out_dir: Path, baseline: list[str] | None = None,
-                 score: str = "best") -> dict[str, Any]:
-    """Report on one sweep, or on several merged into one table (their trials grouped together)."""
+                 score: str = "best", into: Path | None = None, command: str = "") -> dict[str, Any]:
+    """Report on one sweep, or on several merged into one table (their trials grouped together). With `into`,
+    the report's tables are also pasted into that Markdown file, with where they came from (tracking.paste)."""
     names = [experiments] if isinstance(experiments, str) else list(experiments)
     chosen, wanted = parse_score(score), paired.parse_baseline(baseline)
     parents, trials = [], []
@@ -299,6 +338,9 @@ def write_report(uri: str, experiments: list[str] | str, out_dir: Path, baseline
         if atomic.is_no_space(err):   # each file is whole or absent: the same command rewrites them all
             raise atomic.no_space_error(out_dir, "writing the report") from None
         raise
+    if into is not None:
+        paste(into, provenance(uri, names, parents, title, command), report_markdown(title, groups, keys, cmp)
+              .split("\n", 1)[1])   # the block has its own heading line
     metrics = gain_metrics(groups, keys, cmp)
     for parent in parents:
         mlflow_runs.log_files(uri, parent, files, "report")

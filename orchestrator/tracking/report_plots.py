@@ -1,4 +1,5 @@
-"""The report's plots: each is drawn only when the swept keys make it meaningful (matplotlib, Agg).
+"""The report's plots: each is drawn only when the swept keys make it meaningful (matplotlib Figures, no pyplot:
+drawing them neither switches the caller's backend nor leaves figures open in its pyplot state).
 
 - `miou_vs_ood_ratio.png`, `miou_vs_labels.png`: the score (mean ± std over seeds) against a swept key;
 - with a baseline, `gain_vs_ood_ratio.png`, `gain_vs_labels.png`: the paired gain over the baseline with its
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.core import atomic
+from orchestrator.core.config import keys_with
+from orchestrator.core.config_roles import INERT_WITHOUT_TEACHER_LABELS
 
 TEACHER_PRECISION = "teacher_ood_precision"
 
@@ -36,6 +39,9 @@ ERRORBAR_PLOTS = (
     ErrorbarPlot("data.split", "labeled images (data.split)", "miou_vs_labels.png", "gain_vs_labels.png", logx=True),
 )
 TAU_KEY = "train.conf_thresh"
+# The teacher's keys: those that matter only when the teacher labels the OOD stream (their role in
+# orchestrator/core/config_roles.py); the teacher-quality plot labels its points with them.
+TEACHER_KEYS: frozenset[str] = frozenset(keys_with(INERT_WITHOUT_TEACHER_LABELS))
 
 
 @dataclass(frozen=True)
@@ -48,30 +54,28 @@ class PlotContext:
     baseline: str           # e.g. "train.method=unimatch"
 
 
-def _pyplot():
-    import matplotlib
+def _figure(size: tuple[float, float]):
+    """A Figure with one Axes, outside pyplot: its PNG is rendered by Agg whatever backend the caller uses."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=size)
+    return fig, fig.subplots()
 
 
 def plot_files(ctx: PlotContext, out: Path) -> list[Path]:
-    plt = _pyplot()
     made = []
     for plot in ERRORBAR_PLOTS:
         if plot.key not in ctx.keys:
             continue
-        made.append(_errorbar_plot(plt, _series(ctx, plot.key, _mean_std), plot, ctx.ylabel, out / plot.file))
+        made.append(_errorbar_plot(_series(ctx, plot.key, _mean_std), plot, ctx.ylabel, out / plot.file))
         if ctx.gains:
-            made.append(_errorbar_plot(plt, _series(ctx, plot.key, _gain_point), plot,
+            made.append(_errorbar_plot(_series(ctx, plot.key, _gain_point), plot,
                                        f"paired gain over {ctx.baseline}\n(95% CI)", out / plot.gain_file, zero=True))
     if TAU_KEY in ctx.keys:
-        made.append(_tau_plot(plt, ctx, out / "tau_mask_ratio_miou.png"))
+        made.append(_tau_plot(ctx, out / "tau_mask_ratio_miou.png"))
     quality = _quality_series(ctx)
     if quality:
-        made.append(_quality_plot(plt, quality, ctx, out / "gain_vs_teacher_quality.png"))
+        made.append(_quality_plot(quality, ctx, out / "gain_vs_teacher_quality.png"))
     return made
 
 
@@ -108,18 +112,15 @@ def _series(ctx: PlotContext, x_key: str, point: Callable) -> dict[str, list[tup
     return {k: sorted(v) for k, v in lines.items()}
 
 
-def _save(plt, fig, path: Path) -> Path:
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    try:
-        with atomic.replacing(path) as tmp:   # a full disk leaves no torn picture
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    with atomic.replacing(path) as tmp:   # a full disk leaves no torn picture
+        fig.savefig(tmp, dpi=120, format="png")
     return path
 
 
-def _errorbar_plot(plt, series: dict, plot: ErrorbarPlot, ylabel: str, path: Path, zero: bool = False) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+def _errorbar_plot(series: dict, plot: ErrorbarPlot, ylabel: str, path: Path, zero: bool = False) -> Path:
+    fig, ax = _figure((6, 3.8))
     ticks: set[float] = set()
     for label, pts in series.items():
         xs, ys, lo, hi = zip(*pts)
@@ -135,28 +136,28 @@ def _errorbar_plot(plt, series: dict, plot: ErrorbarPlot, ylabel: str, path: Pat
     ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])   # the swept values, not 2^k
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
-def _tau_plot(plt, ctx: PlotContext, path: Path) -> Path:
+def _tau_plot(ctx: PlotContext, path: Path) -> Path:
     """Score and the ID mask ratio against τ, on twin y-axes."""
     xi = ctx.keys.index(TAU_KEY)
     pts = sorted((float(g.key[xi]), statistics.fmean(g.mask_ratio) if g.mask_ratio else math.nan, g.mean)
                  for g in ctx.groups)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure((5, 3.5))
     ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", color="C0", label="mIoU")
     ax.set_xlabel("τ (train.conf_thresh)")
     ax.set_ylabel(ctx.ylabel, color="C0", fontsize=8)
     twin = ax.twinx()
     twin.plot([p[0] for p in pts], [p[1] for p in pts], "s--", color="C1")
     twin.set_ylabel("mask ratio (ID pixels above τ)", color="C1")
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def _quality_series(ctx: PlotContext) -> dict[str, list[tuple[float, ...]]]:
     """(teacher OOD precision, gain, CI distances, the teacher keys' values) per group that has both; one line
     per combination of the keys other than the teacher's (so each label split gets its own line)."""
-    teacher = [i for i, k in enumerate(ctx.keys) if k.startswith("teacher.") or k == "ood.teacher_thresh"]
+    teacher = [i for i, k in enumerate(ctx.keys) if k in TEACHER_KEYS]
     lines: dict[str, list[tuple[float, ...]]] = {}
     for g in ctx.groups:
         precision = g.extra.get(TEACHER_PRECISION)
@@ -170,8 +171,8 @@ def _quality_series(ctx: PlotContext) -> dict[str, list[tuple[float, ...]]]:
     return {k: sorted(v) for k, v in lines.items()}
 
 
-def _quality_plot(plt, series: dict, ctx: PlotContext, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+def _quality_plot(series: dict, ctx: PlotContext, path: Path) -> Path:
+    fig, ax = _figure((6, 3.8))
     for label, pts in series.items():
         xs, ys, lo, hi, tags = zip(*pts)
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label or None)
@@ -182,5 +183,5 @@ def _quality_plot(plt, series: dict, ctx: PlotContext, path: Path) -> Path:
     ax.set_ylabel(f"paired gain over {ctx.baseline}\n({ctx.ylabel.split(' (')[0]}, 95% CI)", fontsize=8)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
