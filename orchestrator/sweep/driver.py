@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.config import config_from_flat
-from orchestrator.core.console import Console
+from orchestrator.core.console import Console, emit, is_verbose
 from orchestrator.core.errors import UserError
 from orchestrator.core import storage as store
 from orchestrator.core.names import check_name
 from orchestrator.core.paths import default_cache_root, default_storage_root, files_root, resolve_root
 from orchestrator.sweep.space import SearchSpace, load_space, make_search_alg, resolve_base, to_param_space
 from orchestrator.labels.job import LabelRequest
-from orchestrator.sweep import results
+from orchestrator.sweep import fingerprint, results
 from orchestrator.students.encoder import EncoderRequest
 from orchestrator.sweep.plan import (asha_max_t, driver_resources, encoder_configs, labeling_configs, per_trial_cpus,
                                      trial_packing)
@@ -31,6 +31,9 @@ from orchestrator.tracking.session import SweepTracking
 from orchestrator.sweep.sync import write_summary
 
 STATE_FILE = "sweep.json"
+# The Tune function of every trial: orchestrator.trial.run_trial unless set. Only benchmarks/driver_scale.py sets
+# it, to a stand-in with run_trial's signature that trains nothing, to measure this driver at thousands of trials.
+TRIAL_FUNCTION = None
 
 
 @dataclass
@@ -179,7 +182,7 @@ def _refuse_full_disk(grid, sweep_dir: str, unlogged: str | None) -> None:
 
     if any(is_no_space(err) for err in grid.errors):
         if unlogged:
-            print(unlogged, file=sys.stderr, flush=True)
+            emit(unlogged, sys.stderr)
         raise no_space_error(sweep_dir, "the trials wrote their checkpoints and results",
                              "run the same command with --resume")
 
@@ -257,6 +260,10 @@ def _log_sweep_inputs(uri: str, parent: str, state: dict[str, Any], labeling: li
     from orchestrator.labels.diagnostics import metrics_for_mlflow
 
     mlflow_runs.log_text(uri, parent, state["space_text"], f"inputs/{Path(state['space']).name}")
+    # what the sweep's numbers were made with: `report --into` writes it beside a pasted table
+    mlflow_runs.set_tags(uri, parent, {fingerprint.TAG: fingerprint.fingerprint(state["base"]),
+                                       "space_file": state["space"],
+                                       "sets": json.dumps(state.get("overrides") or {}, sort_keys=True)})
     mlflow_runs.log_text(uri, parent, json.dumps(state["base"], indent=1, sort_keys=True), "inputs/base_config.json")
     for i, summary in enumerate(labeling):
         entry = Path(summary["path"])
@@ -300,8 +307,9 @@ def _fit_tuner(run: SweepRun, console: Console, concurrent: int):
     selection = run.space.selection
     resources = {k: v for k, v in driver_resources(run.base).items() if v > 0}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=run.base, cache_root=str(run.cache), storage=run.sweep_dir,
-                             files_root=str(run.files_root), label_stores=run.inputs.label_stores,
+        tune.with_parameters(TRIAL_FUNCTION or run_trial, base=run.base, cache_root=str(run.cache),
+                             storage=run.sweep_dir, files_root=str(run.files_root),
+                             label_stores=run.inputs.label_stores,
                              encoders=run.inputs.encoders, selection=selection),
         resources)
     if run.resume:
@@ -326,9 +334,25 @@ def _fit_tuner(run: SweepRun, console: Console, concurrent: int):
                                   # a trial's best checkpoint by the sweep's metric, and its latest: the
                                   # epochs' checkpoints of local-mode trials, the best model of the others
                                   checkpoint_config=keep_best_and_latest(tune.CheckpointConfig, selection),
-                                  verbose=0 if run.quiet else 1),
+                                  verbose=_tune_verbosity()),
     )
     return tuner.fit()
+
+
+def _tune_verbosity() -> int | None:
+    """Tune's console output: none (its status tables and result boxes repeat what the per-epoch lines and the
+    results table say), unless --verbose (then Tune's default).
+
+    `verbose=0` alone is not silent in Ray 2.60: its default output engine prints the experiment's configuration
+    box, "View detailed results here" and a TensorBoard hint whatever the verbosity
+    (ray/tune/experimental/output.py, TuneTerminalReporter.experiment_started); its other engine, which Ray's
+    RAY_AIR_NEW_OUTPUT=0 selects, prints nothing at 0. Its warning that the experiment state is saved often is
+    off too: saving it every second is this driver's choice (TUNE_GLOBAL_CHECKPOINT_S above)."""
+    if is_verbose():
+        return None
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return 0
 
 
 def _tune_config(space: SearchSpace, base: dict[str, Any], concurrent: int):
@@ -351,7 +375,7 @@ def _progress_line(space: SearchSpace):
     def show(trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         swept = " ".join(f"{k}={config.get(k)}" for k in space.swept_keys)
         miou, best = result.get("val_miou"), result.get("best_val_miou")
-        text = f"[{trial_id}] {swept} epoch {result.get('epoch')}: val_miou {miou:.2f} (best {best:.2f})" \
-            if isinstance(miou, float) and isinstance(best, float) else f"[{trial_id}] {swept} {result}"
-        print(text, file=sys.stdout, flush=True)
+        scores = f"val_miou {miou:.2f} (best {best:.2f})" if isinstance(miou, float) and isinstance(best, float) \
+            else "no val_miou in this report"   # not the whole report: its dozens of metrics are in MLflow
+        emit(f"[{trial_id}] {swept} epoch {result.get('epoch')}: {scores}")
     return show

@@ -30,6 +30,18 @@ def active(key: str) -> tuple[SweepLedger, TrackingWriter]:
     return _ACTIVE[key]
 
 
+def forget_windows(trial) -> None:
+    """Drop a completed trial's moving-average windows from Tune's memory. Until the sweep ends, Tune keeps for
+    every trial the last 5 and the last 10 values of every number it reported (two deques a key, in
+    ray.tune.trainable.metadata): for a trial reporting ~45 numbers an epoch, ~80 KB of the 115 KB the driver
+    holds per trial (measured with tracemalloc; 33 KB without them), so the driver grew by ~0.12 MB a trial.
+    A completed trial reports nothing more (an errored one may be resumed: its windows stay), and its averages
+    stay in `metric_analysis`, which is what Tune's analysis reads."""
+    metadata = getattr(trial, "run_metadata", None)
+    if getattr(metadata, "metric_n_steps", None):
+        metadata.metric_n_steps = {}   # also drops the cached JSON of it (each experiment-state save writes it)
+
+
 def make_trial_callback(key: str, progress: Callable[[str, dict, dict], None] | None = None):
     """A ray.tune.Callback (built lazily: importing this module does not import Ray)."""
     from ray.tune import Callback
@@ -46,7 +58,7 @@ def make_trial_callback(key: str, progress: Callable[[str, dict, dict], None] | 
 
         def on_trial_start(self, iteration, trials, trial, **info):
             trial_id, config = trial.trial_id, dict(trial.config)
-            self._queue(f"the run of trial {trial_id}", lambda ledger, attempt: ledger.logger(trial_id, config))
+            self._queue(f"the run of trial {trial_id}", lambda ledger, attempt: ledger.start(trial_id, config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if result.get(BEST_MODEL_KEY):   # not an epoch: the trial handing Tune its best model (trial.py)
@@ -58,6 +70,7 @@ def make_trial_callback(key: str, progress: Callable[[str, dict, dict], None] | 
                 self.progress(trial_id, config, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            forget_windows(trial)
             self._finish(trial, failed=False)
             ledger, _ = active(self.key)
             if ledger.policy.at_trial_end:   # the model now, while the sweep goes on (topK: at its end)

@@ -11,8 +11,9 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from orchestrator.core import console
 from orchestrator.core.errors import UserError
 
 ROLE_SWEEP = "sweep"
@@ -97,11 +98,43 @@ def quoted(value: str) -> str | None:
 
 
 def find_runs(uri: str, experiment_id: str, **tags: str) -> list:
-    """Runs whose tags equal `tags`, newest first. Values are data, never filter syntax."""
+    """Every run whose tags equal `tags` (all pages), newest first. Values are data, never filter syntax."""
     literals = {k: quoted(str(v)) for k, v in tags.items()}
     query = " and ".join(f"tags.{k} = {q}" for k, q in literals.items() if q is not None)
-    runs = client(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
+    runs = all_runs(uri, experiment_id, query, ["attributes.start_time DESC"])
     return [r for r in runs if all(r.data.tags.get(k) == str(v) for k, v in tags.items())]
+
+
+def all_runs(uri: str, experiment_id: str, filter_string: str, order_by: list[str]) -> list:
+    """Every run that matches, page after page: MLflow answers one page of at most 1,000 runs, so reading only
+    the first would drop the rest of a big sweep (its report, and the runs a resume looks for). A run met twice
+    (runs started during the search shift the later pages) is kept once."""
+    c, out, seen, token = client(uri), [], set(), None
+    while True:
+        page = c.search_runs([experiment_id], filter_string=filter_string, order_by=order_by, page_token=token)
+        out.extend(r for r in page if r.info.run_id not in seen)
+        seen.update(r.info.run_id for r in page)
+        token = page.token
+        if not token:
+            return out
+
+
+def duplicate_runs_text(uri: str, sweep_name: str, duplicated: dict[str, list[str]], used: str) -> str | None:
+    """The warning (without its `warning: ` prefix) about the keys with more than one run, or None when there is
+    none: `duplicated` maps a key ("trial 7f_00001", "the parent run") to its run ids, newest first; `used` says
+    which run the caller goes on with. The fix deletes the others (a deleted run is out of every search)."""
+    extra = {key: ids for key, ids in duplicated.items() if len(ids) > 1}
+    if not extra:
+        return None
+    shown = sorted(extra)[:3]
+    listed = "; ".join(f"{key}: {', '.join(extra[key])}" for key in shown)
+    more = f"; {len(extra) - len(shown)} more" if len(extra) > len(shown) else ""
+    older = [run_id for key in sorted(extra) for run_id in extra[key][1:]]
+    delete = " && ".join(f"mlflow runs delete --run-id {run_id}" for run_id in older[:3])
+    rest = f" (and the {len(older) - 3} others)" if len(older) > 3 else ""
+    return (f"MLflow at {uri} holds more than one run for {len(extra)} key(s) of sweep '{sweep_name}' ({listed}{more};"
+            f" newest first); {used}; the other {len(older)} run(s) are ignored. Fix: delete them: "
+            f"MLFLOW_TRACKING_URI={uri} {delete}{rest}")
 
 
 def all_logged_models(uri: str, experiment_id: str, filter_string: str | None = None) -> list:
@@ -120,10 +153,17 @@ def create_run(uri: str, experiment_id: str, name: str, tags: dict[str, str]) ->
 
 
 def start_parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict[str, Any],
-                     resume: bool) -> str:
-    """The sweep's parent run: reused on --resume, otherwise new."""
+                     resume: bool, warn: Callable[[str], None] = console.warn) -> str:
+    """The sweep's parent run: reused on --resume, otherwise new. Two parent runs of one sweep (e.g. made by a
+    version that could miss the first): the newest is reused, as `report` reads it, and `warn` gets one line
+    naming the others and how to delete them. Not an error: the sweep's trials are safe either way, and
+    refusing would stop a resume over a duplicate that only needs tidying."""
     if resume:
         found = find_runs(uri, experiment_id, role=ROLE_SWEEP, sweep_name=sweep_name)
+        text = duplicate_runs_text(uri, sweep_name, {"the parent run": [r.info.run_id for r in found]},
+                                   "the resume goes on in the newest (the one `report` reads)")
+        if text:
+            warn(text)
         if found:
             run_id = found[0].info.run_id
             client(uri).update_run(run_id, status="RUNNING")
@@ -133,15 +173,20 @@ def start_parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict
     return run_id
 
 
-def reopen_run(uri: str, run_id: str) -> set[int]:
-    """Mark a found run RUNNING again; returns the epochs it holds (from the marker metric's history)."""
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a found run RUNNING again (its trial runs again)."""
     client(uri).update_run(run_id, status="RUNNING")
-    return logged_epochs(uri, run_id)
 
 
 def logged_epochs(uri: str, run_id: str) -> set[int]:
     """The epochs a run holds: the steps of EPOCH_MARKER, which an epoch's one metrics batch carries."""
     return {m.step for m in client(uri).get_metric_history(run_id, EPOCH_MARKER)}
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def finish_run(uri: str, run_id: str, failed: bool = False) -> None:
@@ -194,15 +239,18 @@ def log_folder(uri: str, run_id: str, folder: Path, artifact_dir: str) -> None:
 
 
 def trial_runs(uri: str, experiment_id: str) -> list[dict[str, Any]]:
-    """Each trial's newest child run, as plain dicts (a trial re-run after a resume counts once)."""
-    out, seen = [], set()
+    """Each trial's newest child run (every page), as plain dicts; `older` lists the ids of the trial's other
+    runs (a duplicate: the caller says so)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     for run in find_runs(uri, experiment_id, role=ROLE_TRIAL):  # newest first
-        trial_id = run.data.tags.get("trial_id", run.info.run_id)
-        if trial_id not in seen:
-            seen.add(trial_id)
-            out.append({"trial_id": trial_id, "run_id": run.info.run_id, "params": dict(run.data.params),
-                        "metrics": dict(run.data.metrics), "status": run.info.status})
-    return out
+        tags = run.data.tags
+        key = (tags.get("sweep_name", ""), tags.get("trial_id", run.info.run_id))
+        if key in out:
+            out[key]["older"].append(run.info.run_id)
+            continue
+        out[key] = {"trial_id": key[1], "sweep_name": key[0], "run_id": run.info.run_id, "older": [],
+                    "params": dict(run.data.params), "metrics": dict(run.data.metrics), "status": run.info.status}
+    return list(out.values())
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -215,12 +263,14 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 class EpochLogger:
     """Logs one run's epochs once each: the pictures its rank-0 worker wrote into `files_dir`, then the
-    numbers in one batch. `logged` starts from what MLflow holds (see reopen_run); an epoch reported again
+    numbers in one batch. `logged` starts from what MLflow holds (see logged_epochs); an epoch reported again
     after a worker restart is not logged twice. A retry (`recheck`) first asks MLflow which epochs it
-    holds, since a call that failed on our side may have been written on the server's."""
+    holds, since a call that failed on our side may have been written on the server's. `status` is the run's
+    status as last read or set (a sweep's ledger closes a closed run only once)."""
 
-    def __init__(self, uri: str, run_id: str, files_dir: Path | None, logged: set[int] | None = None):
-        self.uri, self.run_id, self.files_dir = uri, run_id, files_dir
+    def __init__(self, uri: str, run_id: str, files_dir: Path | None, logged: set[int] | None = None,
+                 status: str = "RUNNING"):
+        self.uri, self.run_id, self.files_dir, self.status = uri, run_id, files_dir, status
         self.logged: set[int] = set(logged or ())
         self.nodes: dict[str, Any] = {}
 

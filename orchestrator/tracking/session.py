@@ -56,6 +56,9 @@ class SweepTracking:
         the local folder of its runs' pictures (core.paths.files_root); selection and policy: which epoch is
         a trial's best and which trials' models are logged (the space file's metric, mode and log_models)."""
         retry.configure_http_client()
+        # Closing a run through an `mlflow server` otherwise reads the whole run back to print two links on
+        # stdout: a request and two lines per trial, thousands in a big sweep. A user's own setting wins.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri, self.name, self.storage, self.sweep_dir, self.base = uri, name, storage, sweep_dir, base
         self.files_root, self.selection, self.policy = files_root, selection, policy
         self.writer = TrackingWriter()
