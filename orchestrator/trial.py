@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.core.config import ExperimentConfig, config_from_flat
+from orchestrator.core.console import ray_log_level
 from orchestrator.core.errors import UserError
 from orchestrator.core.nodes import CUSTOM_SHARE, this_node
 from orchestrator.core.paths import run_files_dir, train_run_name
@@ -95,10 +96,23 @@ def build_trainer(trial: TrialInput, *, name: str, storage: str, callbacks: list
             name=name, storage_path=storage, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=keep_best_and_latest(ray.train.CheckpointConfig, trial.selection),
-            # Train logs every report's metrics dict at INFO; our progress lines say it shorter.
-            # Ray's log files under /tmp/ray still keep every level.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+            logging_config=train_logging()),
     )
+
+
+def train_logging():
+    """Ray Train's console output: WARNING and up (INFO with --verbose). Train logs every report's metrics at
+    INFO, in the controller and in the workers; our progress lines say it shorter. Its LoggingConfig sets its
+    `ray.train` loggers in the controller and the workers (the workers' report line escapes it: see
+    trainables.distributed); the calling process, this trial's or `run.py train`'s, where Train's storage logs
+    every checkpoint at INFO, gets the same level here. Ray's log files under /tmp/ray keep every level."""
+    import logging
+
+    import ray.train
+
+    level = ray_log_level()
+    logging.getLogger("ray.train").setLevel(level)
+    return ray.train.LoggingConfig(log_level=level)
 
 
 def keep_best_and_latest(config_class, selection: Selection):

@@ -1,9 +1,11 @@
 """Secure defaults, checked on the real thing: the servers we start listen on loopback only (read from the
-socket table), Ray's token authentication is on, and the code never unpickles a cache or user file nor
-runs a shell (an AST scan of every module, which a planted offence makes fail)."""
+socket table: every port of every process of the private Ray), Ray's token authentication is on with a token
+of the run's own (not the user's ~/.ray), and the code never unpickles a cache or user file nor runs a shell
+(an AST scan of every module, which a planted offence makes fail)."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import ipaddress
 import os
 import signal
@@ -96,22 +98,91 @@ def _listening(pids: set[int], port: int | None = None) -> list[str]:
 
 
 def _is_loopback(ip: str) -> bool:
-    return ipaddress.ip_address(ip.split("%")[0]).is_loopback
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)   # ::ffff:127.0.0.1, an IPv6 socket's view of 127.0.0.1
+    return (mapped or address).is_loopback
 
 
-def test_the_ray_dashboard_listens_on_loopback_and_asks_for_the_token(ray_session):
+def test_loopback_covers_ipv4_mapped_addresses():
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("::ffff:127.0.0.1")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("::") and not _is_loopback("192.0.2.2")
+
+
+def _private_ray_processes() -> list[psutil.Process]:
+    """Every process of the private Ray this test process started: the ones its node started (GCS, raylet,
+    dashboard, monitors, ...), their descendants (agents, dashboard modules, workers), and this driver."""
+    from ray._private.worker import global_worker
+
+    started = [info.process.pid for infos in global_worker.node.all_processes.values() for info in infos]
+    procs = {os.getpid(): psutil.Process()}
+    for pid in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            for p in [root, *root.children(recursive=True)]:
+                procs[p.pid] = p
+    return list(procs.values())
+
+
+def _listening_by_process(procs: list[psutil.Process]) -> dict[str, list[str]]:
+    """'pid name' → the local addresses ('ip:port') its TCP sockets listen on."""
+    out = {}
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            found = [f"{c.laddr.ip}:{c.laddr.port}" for c in p.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN]
+            if found:
+                out[f"{p.pid} {p.name()}"] = found
+    return out
+
+
+def test_every_port_of_the_private_ray_listens_on_loopback(ray_session):
+    """GCS, raylet and object manager, dashboard and its agents, the runtime-env agent, metrics, and the core
+    workers' gRPC servers (this driver's, a task's, an actor's): none reachable from another machine."""
+    from ray._private.worker import global_worker
+
+    @ray_session.remote(num_cpus=0)
+    class Probe:
+        def pid(self):
+            return os.getpid()
+
+    @ray_session.remote(num_cpus=0)
+    def task_pid():
+        return os.getpid()
+
+    probe = Probe.remote()
+    actor_pid = ray_session.get(probe.pid.remote())
+    ray_session.get(task_pid.remote())
+    listening = _listening_by_process(_private_ray_processes())
+    everything = [a for addresses in listening.values() for a in addresses]
+    exposed = {who: [a for a in addresses if not _is_loopback(a.rsplit(":", 1)[0])]
+               for who, addresses in listening.items()}
+    assert {who: a for who, a in exposed.items() if a} == {}, listening
+    gcs_port = ray_session.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+    dashboard_port = global_worker.node.address_info["webui_url"].rsplit(":", 1)[1]
+    node_manager_port = str(global_worker.node.node_manager_port)
+    for port in (gcs_port, dashboard_port, node_manager_port):   # the test saw the servers it is about
+        assert any(a.endswith(f":{port}") for a in everything), (port, listening)
+    assert any(who.startswith(f"{actor_pid} ") for who in listening), listening   # a worker's server too
+    assert ray_session.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    ray_session.kill(probe)
+
+
+def test_the_private_ray_keeps_its_token_in_its_own_folder_and_asks_for_it(ray_session):
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
     from ray._private.worker import global_worker
 
-    url = global_worker.node.address_info["webui_url"]   # started by orchestrator.runtime.init_ray
-    port = int(url.rsplit(":", 1)[1])
-    ray_pids = {p.pid for p in psutil.Process().children(recursive=True)}
-    addresses = _listening(ray_pids, port)
-    assert addresses and all(_is_loopback(ip) for ip in addresses), addresses
     assert is_token_auth_enabled()
-    with pytest.raises(urllib.error.HTTPError) as refused:   # loopback only, and no token sent
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs/", timeout=10)
+    token_file = Path(os.environ["RAY_AUTH_TOKEN_PATH"])   # set by orchestrator.runtime.private_token
+    assert Path.home() / ".ray" not in token_file.parents and token_file.name == "auth_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600 and token_file.parent.stat().st_mode & 0o777 == 0o700
+    url = "http://" + global_worker.node.address_info["webui_url"].removeprefix("http://") + "/api/jobs/"
+    with pytest.raises(urllib.error.HTTPError) as refused:   # no token sent
+        urllib.request.urlopen(url, timeout=10)
     assert refused.value.code in (401, 403)
+    token = token_file.read_text().strip()
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                timeout=30) as answer:   # this token is the one the instance asks for
+        assert answer.status == 200
 
 
 def test_run_py_ui_serves_mlflow_on_loopback_only(tmp_path):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from orchestrator.core.console import ray_log_level
 
 
 @dataclass
@@ -115,11 +116,25 @@ def save_file(content: dict[str, Any], path: Path) -> None:
         raise
 
 
+def quiet_report_lines() -> None:
+    """A Train worker logs each report at INFO ("Reporting training result 1: TrainingReport(...)", ~900
+    characters, forwarded to the driver's console) through a logger Ray 2.60 names by its file's path
+    (ray/train/v2/_internal/execution/context.py: `logging.getLogger(__file__)`), so RunConfig's LoggingConfig,
+    which sets the `ray.train` loggers, misses it; it reaches the console through the root logger Train sets up
+    in the worker. Its own level is set here instead: WARNING, or INFO with --verbose (orchestrator.trial)."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(ray_log_level())
+
+
 def make_context(mode: str, gpus_per_worker: float, on_report=None) -> WorkerContext:
     if mode == "train":
         import ray.train
         import ray.train.torch
 
+        quiet_report_lines()
         ctx = ray.train.get_context()
         return WorkerContext(mode, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     if mode == "tune-local":
@@ -127,6 +142,6 @@ def make_context(mode: str, gpus_per_worker: float, on_report=None) -> WorkerCon
         # already says the epoch ended. Ray's log files keep it.
         import logging
 
-        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+        logging.getLogger("ray.train._internal.storage").setLevel(ray_log_level())
     use_cuda = gpus_per_worker > 0 and torch.cuda.is_available()
     return WorkerContext(mode, 0, 1, torch.device("cuda" if use_cuda else "cpu"), on_report)

@@ -1,6 +1,7 @@
 """Command line: parse, build the request, call the orchestrator. Heavy imports happen inside commands.
 
-`run.py` calls `main`; `parser.py` holds the grammar, `commands.py` one function per command.
+`run.py`, the installed `semiovs` and `python -m orchestrator` call `main`; `parser.py` holds the grammar,
+`commands.py` one function per command, `version.py` the package version.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from orchestrator.cli.parser import build_parser
 from orchestrator.core.errors import UserError
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The command line (`run.py`, `semiovs`, `python -m orchestrator`); returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
     try:
+        _configure_output(args)
         return _dispatch(args)
     except UserError as err:
         print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)   # one line, whatever it quotes
@@ -31,6 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {no_space_error(folder, 'writing', 'run the same command again (a sweep: with --resume)')}",
               file=sys.stderr)
         return 2
+
+
+def _configure_output(args: argparse.Namespace) -> None:
+    from orchestrator.core.console import configure
+
+    if args.quiet and args.verbose:
+        raise UserError("--quiet and --verbose ask for less and for more output. Fix: pass one of them.")
+    configure(verbose=args.verbose)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from orchestrator.cli.parser import parse_sets
 from orchestrator.core.config import build_config
-from orchestrator.core.console import Console
+from orchestrator.core.console import Console, emit
 from orchestrator.core.errors import UserError
 from orchestrator.core.names import check_name
 from orchestrator.core.paths import default_cache_root, resolve_root
@@ -28,28 +28,33 @@ def _cache(args) -> Path:
 
 def sweep(args: argparse.Namespace) -> int:
     from orchestrator.sweep.driver import SweepRequest, run_sweep
-    from orchestrator.tracking.client import ui_link
 
     outcome = run_sweep(SweepRequest(space=args.space, name=args.name, tracking_uri=args.tracking_uri,
                                      storage=args.storage, cache=args.cache, resume=args.resume,
                                      max_concurrent=args.max_concurrent, overrides=parse_sets(args.sets),
                                      quiet=args.quiet, ray_address=args.ray_address))
-    print(f"\nsweep '{outcome.name}' finished in {outcome.seconds:.0f} s\n")
-    print(outcome.table)
-    print(f"\nMLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}")
-    print(f"open it: python run.py ui --tracking-uri {shlex.quote(outcome.tracking_uri)}  →  "
-          f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}")
+    for line in sweep_summary(outcome):
+        emit(line)
+    if outcome.unlogged:
+        emit(outcome.unlogged, sys.stderr)
+    return 1 if any(r.status == "error" for r in outcome.rows) else 0
+
+
+def sweep_summary(outcome) -> list[str]:
+    """The end of a sweep: the table, where its runs are in MLflow and how to open them, the best model."""
+    from orchestrator.tracking.client import resolve_tracking_uri, ui_link
+
+    uri = "" if outcome.tracking_uri == resolve_tracking_uri(None) else \
+        f" --tracking-uri {shlex.quote(outcome.tracking_uri)}"
+    lines = ["", f"sweep '{outcome.name}' finished in {outcome.seconds:.0f} s", "", outcome.table, "",
+             f"MLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}",
+             f"open it: python run.py ui --tracking-uri {shlex.quote(outcome.tracking_uri)}  →  "
+             f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}"]
     if outcome.best_model:
         model_id, trial_id, score = outcome.best_model
-        from orchestrator.tracking.client import resolve_tracking_uri
-
-        where = "" if outcome.tracking_uri == resolve_tracking_uri(None) else \
-            f" --tracking-uri {shlex.quote(outcome.tracking_uri)}"
-        print(f"best model: models:/{model_id} (trial {trial_id}, {outcome.metric} {score:.2f}); run it on your "
-              f"images: python run.py predict --model models:/{model_id} --images DIR --out DIR{where}")
-    if outcome.unlogged:
-        print(outcome.unlogged, file=sys.stderr, flush=True)
-    return 1 if any(r.status == "error" for r in outcome.rows) else 0
+        lines += [f"best model: models:/{model_id} (trial {trial_id}, {outcome.metric} {score:.2f}); run it on "
+                  f"your images:", f"  python run.py predict --model models:/{model_id} --images DIR --out DIR{uri}"]
+    return lines
 
 
 def train(args: argparse.Namespace) -> int:
@@ -132,7 +137,7 @@ def teacher_fit(args: argparse.Namespace) -> int:
     root = dataset_root(cfg, _cache(args), progress)
     path = fitted_textseg_path(cfg, _cache(args), root)
     existed = path.is_file()
-    ensure_fitted_teacher(cfg, _cache(args), root, print, progress)
+    ensure_fitted_teacher(cfg, _cache(args), root, emit, progress)
     print_json({"checkpoint": str(path), "reused": existed})
     return 0
 
@@ -152,8 +157,10 @@ def report(args: argparse.Namespace) -> int:
     for name in args.experiment:   # they name the default output folder too
         check_name(name, "--experiment")
     out = Path(args.out) if args.out else Path("reports") / "+".join(args.experiment)
+    command = report_command(args)
     summary = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out,
-                           baseline=args.baseline, score=args.score)
+                           baseline=args.baseline, score=args.score,
+                           into=Path(args.into) if args.into else None, command=command)
     print(summary.pop("table"))
     print_json(summary)
     return 0
@@ -182,6 +189,18 @@ def evaluate(args: argparse.Namespace) -> int:
     print(outcome.pop("table"))
     print_json(outcome)
     return 0
+
+
+def report_command(args: argparse.Namespace) -> str:
+    """The report command as a user would type it again (what a pasted table says it was made by)."""
+    parts = ["python", "run.py", "report"]
+    for e in args.experiment:
+        parts += ["--experiment", e]
+    for b in args.baseline or ():
+        parts += ["--baseline", b]
+    parts += ["--score", args.score] if args.score != "best" else []
+    parts += ["--into", args.into] if args.into else []
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def sync(args: argparse.Namespace) -> int:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any, Sequence
 
+from orchestrator.cli.version import package_version
 from orchestrator.core.config import allowed_values_help
 from orchestrator.core.errors import UserError
 
@@ -42,11 +45,44 @@ def _common(p: argparse.ArgumentParser, *, tracking: bool = True, storage: bool 
     if ray:
         p.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, which `ray job submit` "
                                              "sets; without either, a private local Ray starts)")
-    p.add_argument("--quiet", action="store_true", help="less output")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run.py", description="SemiOVS experiment orchestrator on Ray.")
+def _output_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    """--quiet and --verbose, before the command (`top`) or after it. After it they default to SUPPRESS, so a
+    command's parser does not overwrite what was given before the command."""
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("--quiet", action="store_true", default=default,
+                   help="less output: no stage or progress lines (warnings and errors still show)")
+    p.add_argument("--verbose", action="store_true", default=default,
+                   help="Ray's own output too: its INFO lines, Tune's status tables, Ray Train's and Ray Data's logs")
+
+
+def _every_command(parser: argparse.ArgumentParser):
+    """Each command's parser, nested ones (data synth, teacher fit, ...) included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from _every_command(child)
+
+
+def default_prog() -> str:
+    """How the user called us, for usage lines: `run.py`, `semiovs`, or `python -m orchestrator`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "semiovs"
+    return "python -m orchestrator" if name == "__main__.py" else name
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = _build_commands(argparse.ArgumentParser(prog=prog or default_prog(),
+                                                     description="SemiOVS experiment orchestrator on Ray."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    _output_flags(parser, top=True)
+    for command in _every_command(parser):
+        _output_flags(command, top=False)
+    return parser
+
+
+def _build_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sweep", help="run a Ray Tune sweep from a search-space file")
@@ -95,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the number compared: best (best epoch, the default; optimistic), final (last epoch), "
                         "lastK (mean of the last K epochs, e.g. last3) or test (the best-on-val model's score "
                         "on the held-out test split); the tables say which")
+    p.add_argument("--into", metavar="FILE", help="also paste the tables into this Markdown file (its block of the "
+                                                  "same name, replaced), with the command, date and what the runs "
+                                                  "were made with")
 
     p = sub.add_parser("predict", help="run a trained student on images (Ray Data, an actor pool): mask PNGs")
     p.add_argument("--model", required=True, metavar="URI",
@@ -112,7 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow store the model is in (default $MLFLOW_TRACKING_URI or "
                                           "sqlite:///mlflow.db in this folder)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS; else a private local Ray)")
-    p.add_argument("--quiet", action="store_true", help="less output")
 
     p = sub.add_parser("evaluate", help="score a trained student on a dataset split; logs an MLflow evaluation run")
     p.add_argument("--model", required=True, metavar="URI",
@@ -130,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Ray Tune storage folder or URI the sweep ran with (default .semiovs/ray_results)")
     p.add_argument("--cache", help="the sweep's cache folder (its pictures are there when --storage is a bucket)")
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--quiet", action="store_true", help="less output")
 
     p = sub.add_parser("ui", help="start the MLflow UI on the results (bound to 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db in this folder)")

@@ -1,5 +1,6 @@
 """Progress of a long step, with an ETA: a tqdm bar on a terminal, one plain line every few seconds otherwise
-(a log file or a pipe gets no carriage-return soup).
+(a log file or a pipe gets no carriage-return soup; core.console's Console prints those lines its way: the time
+in front).
 
     with progress("teacher fit", total=1500, unit="step") as bar:
         bar.update(100)
@@ -36,9 +37,11 @@ class Progress:
     (and once at the end)."""
 
     def __init__(self, label: str, total: float, unit: str = "it", stream: TextIO | None = None,
-                 every: float = EVERY_SECONDS, clock: Callable[[], float] = time.monotonic):
+                 every: float = EVERY_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 write: Callable[[str], None] | None = None):
         self.label, self.total, self.unit, self.every, self.clock = label, total, unit, every, clock
         self.stream = stream or sys.stdout
+        self.write = write or (lambda line: print(line, file=self.stream, flush=True))   # a periodic line
         self.done = 0.0
         self.shown = None   # the count of the last line printed
         self.first = None   # (time, count) of the first progress
@@ -74,8 +77,7 @@ class Progress:
         rate = None   # counted from the first progress: the start-up before it (a worker starting, data
         if self.first is not None and now > self.first[0] and self.done > self.first[1]:   # loading) is no rate
             rate = (self.done - self.first[1]) / (now - self.first[0])
-        print(progress_line(self.label, self.done, self.total, now - self.started, self.unit, rate),
-              file=self.stream, flush=True)
+        self.write(progress_line(self.label, self.done, self.total, now - self.started, self.unit, rate))
 
     def __enter__(self) -> "Progress":
         return self

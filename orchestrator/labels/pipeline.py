@@ -11,6 +11,7 @@ import gc
 import itertools
 import json
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.atomic import is_no_space, no_space_error
-from orchestrator.core.console import HARMLESS_RAY_LINES, stderr_without
+from orchestrator.core.console import HARMLESS_RAY_LINES, is_verbose, note, restyle_logger, stderr_without
 from orchestrator.core.label_format import shard_checksums, shard_problems
 from orchestrator.core.masks import encode_png
 from orchestrator.labels.store import LabelStore
@@ -218,6 +219,7 @@ def _dataset(job: LabelingJob):
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False   # the caller shows one bar for the whole job
+    _ray_data_console(ctx)
     rows = [{"image_id": i, "path": p} for i, p in job.items]
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks(len(rows), job.actors, job.batch_size))
     cpus = decode_cpus(ray.cluster_resources().get("CPU", 0.0), job.actors, job.cpus_per_actor)
@@ -234,6 +236,66 @@ def _dataset(job: LabelingJob):
     )
 
 
+def _ray_data_console(ctx) -> None:
+    """What Ray Data prints on this console: its warnings and errors as our `warning:`/`error:` lines, as they
+    come (e.g. an actor pool that cannot be placed: "Cluster resources are not enough to run any task from
+    ActorPoolMapOperator[...]"); its INFO lines (execution start, plan, end) only with --verbose. Its files
+    under the Ray session keep every level."""
+    import logging
+
+    ctx.print_on_execution_start = is_verbose()
+    restyle_logger("ray.data")
+    if not is_verbose():   # its bars are off on purpose (the caller shows one): its warning saying so is no news
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+FIRST_BATCH_PATIENCE_S = 60.0   # no labeled batch after this long: say what the pool waits for
+
+
+def _first_batch(batches, job: LabelingJob):
+    """The first labeled batch (None for an empty corpus). The actor pool starts with it, and this process's
+    Ray core then flags a harmless detail of Ray Data's actors in red on stderr (core.console.HARMLESS_RAY_LINES):
+    dropped there, every other line passes at once. When it is long in coming, one line says what the pool
+    waits for."""
+    timer = threading.Timer(FIRST_BATCH_PATIENCE_S, _say_pool_waits, args=(job,))
+    timer.daemon = True
+    timer.start()
+    try:
+        with stderr_without(HARMLESS_RAY_LINES):
+            return next(batches, None)
+    finally:
+        timer.cancel()
+
+
+def _say_pool_waits(job: LabelingJob) -> None:
+    """One line: are the teacher's actors waiting to be placed (and for what), or placed and still busy?"""
+    import ray
+
+    wait = f"labeling: no labeled image yet after {FIRST_BATCH_PATIENCE_S:.0f} s"
+    try:
+        pending = _pending_teacher_actors()
+    except Exception as err:   # a diagnostic only: the labeling goes on whatever it finds
+        note(f"{wait}; Ray's state API could not say whether the teacher's actors are placed ({err})")
+        return
+    if not pending:
+        note(f"{wait}: the teacher's {job.actors} actor(s) are placed, and still loading the teacher or labeling "
+             f"the first batch")
+        return
+    free, total = ray.available_resources(), ray.cluster_resources()
+    gpus = f" + {job.gpus_per_actor:g} GPU" if job.gpus_per_actor else ""
+    note(f"{wait}: {pending} of the teacher's {job.actors} actor(s) wait to be placed; each needs "
+         f"{job.cpus_per_actor:g} CPU{gpus}, and Ray has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPU(s) "
+         f"and {free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPU(s) free (other work holds them, or a cluster "
+         f"is still adding nodes)")
+
+
+def _pending_teacher_actors() -> int:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "PENDING_CREATION")], raise_on_missing_output=False)
+    return sum("TeacherActor" in (a.class_name or "") for a in actors)
+
+
 def _write_shards(job: LabelingJob, out: Path, bar):
     """Stream the labeled rows to this process: write them as parquet shards of SHARD_ROWS rows and tally
     what the manifest and the diagnostics need on the way, in one pass."""
@@ -244,10 +306,7 @@ def _write_shards(job: LabelingJob, out: Path, bar):
     out.mkdir(parents=True, exist_ok=True)
     pending: list[dict] = []
     batches = iter(_dataset(job).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
-    # The actor pool starts with the first batch, and this process's Ray core then flags a harmless detail
-    # of Ray Data's actors in red on stderr (core.console.HARMLESS_RAY_LINES): held back and dropped there.
-    with stderr_without(HARMLESS_RAY_LINES):
-        first = next(batches, None)
+    first = _first_batch(batches, job)
     for batch in itertools.chain([first] if first is not None else [], batches):
         tally.add(batch)
         pending.append(batch)

@@ -3,10 +3,8 @@
 Trials that share a seed share the labeled split's sampling order, the initialisation and the data order, so
 the seed-to-seed spread (up to ±5 mIoU points here) mostly cancels in the difference between two methods run
 with the same seed. The paired gain of a group is the mean over seeds of (its score − the baseline's score), with
-a two-sided confidence interval from Student's t with n − 1 degrees of freedom, and the count of seeds that gained.
-
-The t quantile is computed here (regularized incomplete beta by its continued fraction, then bisection), so the
-report needs no statistics package.
+a two-sided confidence interval from Student's t with n − 1 degrees of freedom (scipy.stats.t), and the count
+of seeds that gained.
 """
 from __future__ import annotations
 
@@ -22,56 +20,13 @@ LEVEL = 0.95
 
 # ---- Student's t ----------------------------------------------------------------------------------
 
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function, evaluated by the modified Lentz method."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def incomplete_beta(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):   # the fraction converges fast on this side; use the symmetry otherwise
-        return math.exp(log_front) * _beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
 def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t with df degrees of freedom (0 < p < 1, df > 0)."""
+    """The p-quantile of Student's t with df degrees of freedom (0 < p < 1, df > 0): scipy's."""
     if not 0.0 < p < 1.0 or df <= 0:
         raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    from scipy.stats import t   # here, not at the top: only reports with a baseline need it
+
+    return float(t.ppf(p, df))
 
 
 # ---- the paired gain ------------------------------------------------------------------------------
