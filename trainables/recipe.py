@@ -44,6 +44,9 @@ from trainables.metrics import label_agreement_counts
 from trainables.prevmatch import PrevGuidance, prev_loss
 
 OOD_LABEL_SOURCES = ("teacher", "self")
+# Bump when a training step learns something else for the same config (a loss term, the mixing, the order):
+# figures in the docs made before then are stale (orchestrator/sweep/fingerprint.py).
+RECIPE_VERSION = "1"
 ID_KEYS = ("u_w", "u_s1", "u_s2", "ign_u", "box1", "box2", "m_w", "m_s1", "m_s2", "ign_m")
 OOD_KEYS = ("o_w", "o_s1", "o_s2", "ign_o")
 
