@@ -76,6 +76,24 @@ def test_trial_function_reserves_memory_not_cpu():
     assert local["CPU"] == 1                                    # local mode trains in the Tune function
 
 
+def test_trial_drivers_are_capped_by_ray_memory_on_a_head_without_cpus():
+    """A head offering memory but no CPUs took every trial's driver (the Tune function, Train's controller and its
+    helpers hold no CPU); the driver's memory reservation caps them, and packing counts it."""
+    from orchestrator.core.errors import SpaceError
+
+    grid = parse_space({"parameters": {"seed": {"grid": list(range(40))}}}, "s.yaml")
+    base = flatten(build_config())
+    gib = 1024 ** 3
+    assert driver_resources(base)["memory"] == 1400 * 1024 ** 2
+    packing = trial_packing(grid, base, 32, 0, cluster_memory=8 * gib)   # CPUs hold 32; 8 GiB holds 5 drivers
+    assert packing.concurrent == 5 and "8.0 GiB of Ray memory ÷ 1.37 GiB per trial driver" in packing.reason
+    assert trial_packing(grid, base, 2, 0, cluster_memory=8 * gib).concurrent == 2   # the CPUs bind first
+    with pytest.raises(SpaceError, match="resources.trial_driver_mib=1000"):
+        trial_packing(grid, base, 2, 0, cluster_memory=1000 * 1024 ** 2)
+    resumed = {k: v for k, v in base.items() if k != "resources.trial_driver_mib"}   # a sweep from before the key
+    assert driver_resources(resumed)["memory"] == 256 * 1024 ** 2
+
+
 def test_results_table_formats():
     rows = [TrialRow("t1", {"ood.ratio": 0.5}, 31.234, 6, "done", 61.4),
             TrialRow("t2", {"ood.ratio": 0.0}, float("nan"), 0, "error")]

@@ -302,8 +302,12 @@ class ResourcesConfig:
     gpus_per_worker: float = setting(0.0, _RESOURCE, "GPUs per Train worker; > 0 selects nccl, AMP and SyncBN where "
                                      "enabled")
     trial_cpus: float = setting(0.0, _RESOURCE, "CPUs of the Tune function that drives a trial's TorchTrainer: it only "
-                                "waits on it, so it holds 256 MiB of Ray's `memory` resource and no CPU; in local mode "
+                                "waits on it, so it holds resources.trial_driver_mib of Ray's `memory` and no CPU; in local mode "
                                 "it holds the worker's CPUs")
+    trial_driver_mib: int = setting(1400, _RESOURCE, "Ray `memory` (MiB) a trial's Tune function reserves for the "
+                                    "trial's processes beside its Train workers (the Tune function, Train's "
+                                    "controller and its helper actors: 1.4 GiB measured, docs/architecture.md), so "
+                                    "a node never holds more trial drivers than its memory, e.g. a head with 0 CPUs")
     trial_resource: str = setting("", _RESOURCE, "a custom Ray resource a trial's driver needs (e.g. `on_demand`): "
                                   "pins it to the nodes that have it; \"\" = any node")
     worker_resource: str = setting("", _RESOURCE, "a custom Ray resource each Train worker needs (e.g. a GPU pool): "
@@ -317,6 +321,7 @@ class ResourcesConfig:
         _require(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0", "use e.g. 1")
         _require(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "is negative", "use 0 or more")
         _require(self.trial_cpus >= 0, "resources.trial_cpus", "is negative", "use 0 or more")
+        _require(self.trial_driver_mib >= 64, "resources.trial_driver_mib", "is below 64", "use e.g. 1400")
         _require(self.teacher_actors >= 1, "resources.teacher_actors", "must be >= 1", "use 1 or more")
         _require(self.cpus_per_teacher >= 0, "resources.cpus_per_teacher", "is negative", "use 0 or more")
         _require(self.gpus_per_teacher >= 0, "resources.gpus_per_teacher", "is negative", "use 0 or more")

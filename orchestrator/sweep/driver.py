@@ -213,6 +213,8 @@ def prepare_inputs(base: dict[str, Any], to_label: list[dict[str, Any]], to_pret
     root = dataset_root(config_from_flat(base), cache, progress)
     say(f"{STAGES[0]}: ready in {time.time() - began:.0f} s ({root})")
     encoders = {}
+    if not to_pretrain:   # the stage is still named, so the count of stages adds up
+        say(f"{STAGES[1]}: none (students start from random weights; model.pretrain pretrains their encoder)")
     for flat in to_pretrain:
         cfg = config_from_flat(flat)
         began = time.time()
@@ -240,7 +242,7 @@ def _packing(space: SearchSpace, base: dict[str, Any]):
     import ray
 
     resources = ray.cluster_resources()
-    return trial_packing(space, base, resources.get("CPU", 1), resources.get("GPU", 0))
+    return trial_packing(space, base, resources.get("CPU", 1), resources.get("GPU", 0), resources.get("memory"))
 
 
 def _usage_window():

@@ -66,19 +66,28 @@ def encoder_configs(space: SearchSpace, base: dict[str, Any]) -> list[dict[str, 
 
 
 # What a trial's Tune function reserves beside its CPUs: it only builds its TorchTrainer and waits on it, so it
-# holds no CPU (a CPU sliver would keep a second one-CPU trial off a 2-CPU machine). Tune needs a non-empty
-# resource request, and memory is a resource every node has: 256 MiB is about what that process uses.
-DRIVER_MEMORY_BYTES = 256 * 1024 ** 2
+# holds no CPU (a CPU sliver would keep a second one-CPU trial off a 2-CPU machine). It reserves Ray's `memory`
+# instead, for every process of the trial that holds no CPU: itself, Train's controller and that controller's
+# helper actors, which Ray places on the same node (1.4 GiB together, measured). Without it, a node offering
+# memory but no CPUs (a cluster's head) would take every trial's driver. A sweep resumed from a state written
+# before the key existed reserves what was reserved then.
+MIB = 1024 ** 2
+OLD_DRIVER_MIB = 256
+
+
+def driver_memory_bytes(base: dict[str, Any]) -> int:
+    return int(base.get("resources.trial_driver_mib", OLD_DRIVER_MIB)) * MIB
 
 
 def driver_resources(base: dict[str, Any]) -> dict[str, float]:
     """What the trial's Tune function holds: memory (and `resources.trial_cpus`, 0 by default), or a whole
     worker's share in local mode (`train.num_workers: 0` trains inside that function)."""
     custom = {base["resources.trial_resource"]: CUSTOM_SHARE} if base.get("resources.trial_resource") else {}
+    memory = driver_memory_bytes(base)
     if base["train.num_workers"] == 0:
         return {"CPU": base["resources.cpus_per_worker"], "GPU": base["resources.gpus_per_worker"],
-                "memory": DRIVER_MEMORY_BYTES, **custom}
-    return {"CPU": base["resources.trial_cpus"], "memory": DRIVER_MEMORY_BYTES, **custom}
+                "memory": memory, **custom}
+    return {"CPU": base["resources.trial_cpus"], "memory": memory, **custom}
 
 
 def per_trial_cpus(base: dict[str, Any]) -> float:
@@ -99,10 +108,10 @@ class Packing:
     reason: str
 
 
-def trial_packing(space: SearchSpace, base: dict[str, Any], cluster_cpus: float, cluster_gpus: float = 0.0
-                  ) -> Packing:
-    """As many trials as the cluster's CPUs (and GPUs) hold at once (at least 1), unless the space file or
-    --max-concurrent says; never more than the sweep has trials."""
+def trial_packing(space: SearchSpace, base: dict[str, Any], cluster_cpus: float, cluster_gpus: float = 0.0,
+                  cluster_memory: float | None = None) -> Packing:
+    """As many trials as the cluster's CPUs (and GPUs, and Ray `memory` for the trials' drivers) hold at once (at
+    least 1), unless the space file or --max-concurrent says; never more than the sweep has trials."""
     trials = space.num_trials()
     workers = base["train.num_workers"]
     cpus = per_trial_cpus(base)
@@ -115,6 +124,15 @@ def trial_packing(space: SearchSpace, base: dict[str, Any], cluster_cpus: float,
     if gpus > 0:
         fit = min(fit, int(cluster_gpus // gpus))
         why += f", {cluster_gpus:g} GPU(s) ÷ {gpus:g} GPU per trial"
+    memory = driver_memory_bytes(base)
+    if cluster_memory is not None and cluster_memory < memory:
+        raise SpaceError(f"resources.trial_driver_mib: a trial's driver reserves {memory // MIB} MiB of Ray memory, "
+                         f"and Ray has {cluster_memory / MIB:.0f} MiB. Fix: --set resources.trial_driver_mib="
+                         f"{max(64, int(cluster_memory // MIB))} (or give Ray more memory)")
+    if cluster_memory is not None and int(cluster_memory // memory) < fit:
+        fit = int(cluster_memory // memory)
+        why += (f", {cluster_memory / 1024 ** 3:.1f} GiB of Ray memory ÷ {memory / 1024 ** 3:.2f} GiB per trial "
+                f"driver (resources.trial_driver_mib)")
     if space.max_concurrent_trials:
         return Packing(min(space.max_concurrent_trials, trials),
                        f"max_concurrent_trials={space.max_concurrent_trials} (the cluster holds {max(1, fit)}: {why})")
