@@ -24,9 +24,14 @@ def code_versions() -> dict[str, str]:
 
 
 def fingerprint(base: dict[str, Any]) -> str:
-    """A short digest of a sweep's resolved base config (every key, as the trials start from it) and the code
-    versions."""
-    return digest_json({"base": {k: base[k] for k in sorted(base)}, "code": code_versions()}, 12)
+    """A short digest of what a sweep's resolved base config computes and the code versions: every key but those
+    whose purpose is resources, fault tolerance or diagnostics (config_roles.py), which change how a run goes,
+    not its numbers; so a new resource setting does not make every pasted table stale."""
+    from orchestrator.core.config import KEY_ROLES
+    from orchestrator.core.config_roles import EXPERIMENT
+
+    measured = {k: base[k] for k in sorted(base) if k not in KEY_ROLES or EXPERIMENT in KEY_ROLES[k]}
+    return digest_json({"base": measured, "code": code_versions()}, 12)
 
 
 def space_fingerprint(space_file: str, sets: dict[str, Any] | None = None) -> str:
