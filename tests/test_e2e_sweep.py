@@ -80,6 +80,7 @@ def test_smoke_sweep_end_to_end(ray_session, shared_cache, tmp_path, mlflow_serv
     assert stored and not any("overlay_png_b64" in f.read_text() for f in stored)
 
     check_ui_shows_runs(mlflow_server, out.experiment_id, parent.info.run_name, trials)
+    check_first_screen_compares(mlflow_server, out.experiment_id, parent.info.run_id, trials)
     check_models(mlflow_server, out, parent, trials, tmp_path / "runs" / "smoke", shared_cache)
 
     # A second sweep with the same teacher and corpus reuses the labels (the teacher does not run again).
@@ -179,6 +180,19 @@ def check_ui_shows_runs(url: str, experiment_id: str, parent_name: str, trials) 
     assert f"{max(r.data.metrics['val_miou'] for r in trials):.5f}" in text
     assert screenshot(experiment_page, shots / "experiment.png").stat().st_size > 10_000
     assert screenshot(compare, shots / "compare_trials.png").stat().st_size > 10_000
+
+
+def check_first_screen_compares(url: str, experiment_id: str, parent_id: str, trials) -> None:
+    """The sweep's run page (the link the sweep prints) shows the results table: every trial, its swept value and
+    its score, without expanding or selecting anything."""
+    from tests.browser import page_text
+
+    from orchestrator.tracking.client import run_link
+
+    text = page_text(run_link(url, experiment_id, parent_id))
+    assert "ood.ratio" in text, text[:2000]
+    for run in trials:
+        assert run.data.tags["trial_id"] in text and f"{run.data.metrics['best_val_miou']:.2f}" in text, text[:3000]
 
 
 def test_asha_sweep_of_train_in_tune_completes_on_two_cpus(ray_session, shared_cache, tmp_path, sqlite_uri):

@@ -42,14 +42,16 @@ def sweep(args: argparse.Namespace) -> int:
 
 def sweep_summary(outcome) -> list[str]:
     """The end of a sweep: the table, where its runs are in MLflow and how to open them, the best model."""
-    from orchestrator.tracking.client import resolve_tracking_uri, ui_link
+    from orchestrator.tracking.client import resolve_tracking_uri, run_link, ui_link
 
     uri = "" if outcome.tracking_uri == resolve_tracking_uri(None) else \
         f" --tracking-uri {shlex.quote(outcome.tracking_uri)}"
     lines = ["", f"sweep '{outcome.name}' finished in {outcome.seconds:.0f} s", "", outcome.table, "",
              f"MLflow: experiment '{outcome.name}' (id {outcome.experiment_id}) in {outcome.tracking_uri}",
              f"open it: python run.py ui --tracking-uri {shlex.quote(outcome.tracking_uri)}  →  "
-             f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}"]
+             f"{ui_link('http://127.0.0.1:5000', outcome.experiment_id)}",
+             f"the results table, on the sweep's run: "
+             f"{run_link('http://127.0.0.1:5000', outcome.experiment_id, outcome.parent_run_id)}"]
     if outcome.best_model:
         model_id, trial_id, score = outcome.best_model
         lines += [f"best model: models:/{model_id} (trial {trial_id}, {outcome.metric} {score:.2f}); run it on "

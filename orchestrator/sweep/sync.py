@@ -63,8 +63,9 @@ def _rows(sweep_dir, space, max_epochs: int) -> list[results.TrialRow]:
 
 def write_summary(uri: str, parent: str, rows: list[results.TrialRow], space, seconds: float | None = None) -> None:
     """The results table and costs on the parent run, which is then closed."""
-    mlflow_runs.log_text(uri, parent, results.format_markdown(rows, space.swept_keys, space.metric),
-                         "summary/results.md")
+    table = results.format_markdown(rows, space.swept_keys, space.metric)
+    mlflow_runs.log_text(uri, parent, table, "summary/results.md")
+    mlflow_runs.describe(uri, parent, table)
     mlflow_runs.log_text(uri, parent, results.format_csv(rows, space.swept_keys, space.metric), "summary/results.csv")
     costs = {"cost.trial_seconds_total": sum(r.seconds for r in rows)}
     if seconds is not None:

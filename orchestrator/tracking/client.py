@@ -70,6 +70,11 @@ def ui_link(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+def run_link(base_url: str, experiment_id: str, run_id: str) -> str:
+    """A run's page; a sweep's parent run shows the results table there, as its description."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 # ---- experiments and runs -------------------------------------------------------------------------
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -187,6 +192,18 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
     client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+# MLflow shows this tag as the description at the top of a run's page and of an experiment's page.
+DESCRIPTION_TAG = "mlflow.note.content"
+
+
+def describe(uri: str, run_id: str, markdown: str) -> None:
+    """`markdown` as the run's description and as its experiment's: the first screen of the sweep's link
+    shows the results table, before anyone expands or compares runs."""
+    c = client(uri)
+    c.set_tag(run_id, DESCRIPTION_TAG, markdown)
+    c.set_experiment_tag(c.get_run(run_id).info.experiment_id, DESCRIPTION_TAG, markdown)
 
 
 def finish_run(uri: str, run_id: str, failed: bool = False) -> None:
