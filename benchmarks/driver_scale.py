@@ -14,7 +14,7 @@ Two sweeps of `--trials` trials, each driver its own process (as `run.py sweep` 
      then the time `report` takes on the experiment;
   2. killed (SIGKILL of the driver and its Ray) once half the trials have started, then `--resume`d: MLflow must
      hold one child run per trial and every epoch once.
-Goals (README): RSS at the end ÷ RSS at 200 trials ≤ 1.25; writer lag ≤ 10 s. Prints one JSON line of figures.
+Goals (docs/results.md, Scale): RSS at the end ÷ RSS at 200 trials ≤ 1.25; writer lag ≤ 10 s. Prints one JSON line of figures.
 
 This module's top level imports only the standard library: Tune imports it in every trial's process.
 """

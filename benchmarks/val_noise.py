@@ -13,7 +13,7 @@ for both), which is what a paired gain sees. It prints the evaluation time per v
 
 Measured here with the defaults (591 s under a load average of ~30): std of mIoU 1.97 / 1.75 (supervised /
 UniMatch) at 300 val images, 1.05 / 0.88 at 1,000, 0.73 / 0.63 at 2,000; paired difference 1.71, 0.76, 0.54
-(README, Measured). Its `eval_seconds` are wall times and were distorted by that load; the README's cost
+(docs/results.md). Its `eval_seconds` are wall times and were distorted by that load; the README's cost
 column is CPU time from one process.
 """
 from __future__ import annotations

@@ -45,7 +45,7 @@ def not_shared_message(role: str, folder: str, node: str) -> str:
     return (f"the {role} folder {folder} is not visible from Ray node {node}: that node does not share this "
             f"machine's disk. Fix: put the cache and the storage on a filesystem every node mounts (NFS, EFS, "
             f"the cluster's shared home or scratch) and pass --cache DIR and --storage DIR on it "
-            f"(README: Run on a cluster).")
+            f"(docs/deploy.md: Run on a cluster).")
 
 
 def check_shared_folders(folders: dict[str, Path | str]) -> None:

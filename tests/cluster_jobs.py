@@ -1,4 +1,4 @@
-"""Jobs on the local multi-node cluster (tests/cluster.py), submitted as README tells cluster users
+"""Jobs on the local multi-node cluster (tests/cluster.py), submitted as docs/deploy.md tells cluster users
 (`ray job submit --working-dir . -- python run.py …`), and what the node-loss tests assert of them.
 
 Used by tests/test_cluster.py.

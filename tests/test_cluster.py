@@ -2,7 +2,7 @@
 the preflight's error, a trial that survives the loss of its nodes, and labeling that survives the loss
 of its teacher actor's node.
 
-Jobs are submitted as README tells cluster users (tests/cluster_jobs.py); the cluster: tests/cluster.py.
+Jobs are submitted as docs/deploy.md tells cluster users (tests/cluster_jobs.py); the cluster: tests/cluster.py.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The Slurm launcher (slurm/): its pure decisions, its process clean-up, and the smoke sweep on a real one-node
-Slurm (tests/slurm.py), submitted as README's "Run on Slurm" tells users, plus a job cancelled mid-sweep."""
+Slurm (tests/slurm.py), submitted as docs/deploy.md's "Run on Slurm" tells users, plus a job cancelled mid-sweep."""
 from __future__ import annotations
 
 import os

@@ -107,7 +107,7 @@ class DataConfig:
     crop_size: int = setting(64, (EXPERIMENT,), "training crop (the paper uses 321 on VOC)")
     num_train: int = setting(2000, _DATASET, "`shapes`: ID train pool (labeled splits + unlabeled)")
     num_val: int = setting(2000, _DATASET, "`shapes`: ID val images (300 until the val-noise measurement: that left "
-                           "±2 mIoU of sampling noise; README, Measured)")
+                           "±2 mIoU of sampling noise; docs/results.md)")
     num_test: int = setting(2000, _DATASET, "`shapes`: held-out ID test images (`splits/test.txt`), never used for "
                             "selection: each trial's best-on-val model is scored on them once (`test_miou`); "
                             "0 = none")
@@ -120,7 +120,7 @@ class DataConfig:
     id_class_prior: IdClassPrior = setting(
         "uniform", _DATASET, "`shapes`: ID class frequencies: `uniform` (every target class equally common) or "
         "`skewed` (disks common, rings rare, as VOC has rare classes; the default until the 5-seed comparison in "
-        "README, Measured); the OOD corpus keeps the reversed skewed prior")
+        "docs/results.md); the OOD corpus keeps the reversed skewed prior")
     id_distractor_share: float = setting(0.0, _DATASET, "`shapes`: share of ID objects that are distractors "
                                          "(background in ID labels)")
     max_broken_share: float = setting(0.05, (FAULT_TOLERANCE,), "stop when more than this share of a corpus cannot "
@@ -208,7 +208,7 @@ class TrainConfig:
     batch_size: int = setting(8, (EXPERIMENT,), "labeled images per step (per Train worker); ID unlabeled per step "
                               "= this, OOD share of 2× this (semiovs)")
     lr: float = setting(0.1, (EXPERIMENT,), "SGD learning rate, poly decay (power 0.9) per step; 0.1 suits the "
-                        "from-scratch CPU student (README, Measured), the paper's pretrained ResNet uses 0.001 with "
+                        "from-scratch CPU student (docs/results.md), the paper's pretrained ResNet uses 0.001 with "
                         "lr_multi 10 (`paper_voc.yaml`)")
     lr_multi: float = setting(1.0, (EXPERIMENT,), "head lr multiplier (the paper: 10 with a pretrained backbone)")
     weight_decay: float = setting(1e-4, (EXPERIMENT,), "SGD weight decay")
