@@ -172,3 +172,20 @@ def test_verbose_brings_rays_own_output_back(shared_cache, tmp_path):
     out = _run(["label", *_tiny_sets(), "--cache", str(shared_cache), "--verbose"], tmp_path)
     assert out.returncode == 0, out.stdout[-4000:]
     assert "INFO worker.py" in out.stdout and "Started a local Ray instance" in out.stdout, out.stdout
+
+
+def test_rays_harmless_lines_are_skipped_unless_verbose():
+    """Ray's own skip setting drops the lines that are no news (here: Train's local-mode note, once per trial) from
+    the console; --verbose keeps them."""
+    import re
+
+    from orchestrator.core.console import quiet_harmless_ray_lines
+
+    line = ("Running in local mode. The training function will run in the same process. If you are using it and "
+            "running into issues please file a report at https://github.com/ray-project/ray/issues.")
+    quiet = {"SEMIOVS_VERBOSE": "0"}
+    quiet_harmless_ray_lines(quiet)
+    assert re.search(quiet["RAY_DEDUP_LOGS_SKIP_REGEX"], line)
+    verbose = {"SEMIOVS_VERBOSE": "1"}
+    quiet_harmless_ray_lines(verbose)
+    assert not re.search(verbose["RAY_DEDUP_LOGS_SKIP_REGEX"], line)

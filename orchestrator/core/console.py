@@ -181,12 +181,17 @@ HARMLESS_RAY_LINES = r"has constructor arguments in the object store and max_res
 # it but the skip pattern below; --verbose shows it.
 RAY_STARTUP_WARNING = r"worker processes have been started on node"
 
+# Ray Train says, once per trial that runs in its local mode (train.num_workers: 0, which the user chose), that
+# the training function runs in the trial's process, with a link to file a bug report; --verbose shows it.
+RAY_LOCAL_MODE_NOTE = r"Running in local mode\. The training function will run in the same process"
+
 
 def quiet_harmless_ray_lines(env=os.environ) -> None:
     """Ray's own setting RAY_DEDUP_LOGS_SKIP_REGEX drops a line from the output Ray forwards to this console (it
     stays in Ray's log files): the harmless lines above, unless the user set a pattern. Read when `ray` is
     first imported."""
-    lines = HARMLESS_RAY_LINES if is_verbose(env) else f"{HARMLESS_RAY_LINES}|{RAY_STARTUP_WARNING}"
+    lines = HARMLESS_RAY_LINES if is_verbose(env) else \
+        f"{HARMLESS_RAY_LINES}|{RAY_STARTUP_WARNING}|{RAY_LOCAL_MODE_NOTE}"
     env.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", lines)
 
 
