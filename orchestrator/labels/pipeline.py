@@ -292,7 +292,8 @@ def _say_pool_waits(job: LabelingJob) -> None:
 def _pending_teacher_actors() -> int:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "PENDING_CREATION")], raise_on_missing_output=False)
+    # Ray's state API returns 100 entries unless told; 10,000 is the most its server gives (a pool never nears it)
+    actors = list_actors(filters=[("state", "=", "PENDING_CREATION")], limit=10_000, raise_on_missing_output=False)
     return sum("TeacherActor" in (a.class_name or "") for a in actors)
 
 
