@@ -65,7 +65,7 @@ def write_summary(uri: str, parent: str, rows: list[results.TrialRow], space, se
     """The results table and costs on the parent run, which is then closed."""
     table = results.format_markdown(rows, space.swept_keys, space.metric)
     mlflow_runs.log_text(uri, parent, table, "summary/results.md")
-    mlflow_runs.describe(uri, parent, table)
+    mlflow_runs.describe(uri, parent, table, "the whole table is the sweep run's artifact summary/results.md")
     mlflow_runs.log_text(uri, parent, results.format_csv(rows, space.swept_keys, space.metric), "summary/results.csv")
     costs = {"cost.trial_seconds_total": sum(r.seconds for r in rows)}
     if seconds is not None:

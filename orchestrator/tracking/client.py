@@ -196,14 +196,34 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
 
 # MLflow shows this tag as the description at the top of a run's page and of an experiment's page.
 DESCRIPTION_TAG = "mlflow.note.content"
+# MLflow cuts a run tag's value at 8,000 characters and refuses an experiment tag's above 20,000
+# (mlflow/utils/validation.py); a sweep of a few hundred trials has a longer table.
+DESCRIPTION_LIMIT = 8000
 
 
-def describe(uri: str, run_id: str, markdown: str) -> None:
+def fit_description(markdown: str, more: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """`markdown` in at most `limit` characters: whole lines from the top, then one line saying how many were
+    left out and where they are (`more`)."""
+    if len(markdown) <= limit:
+        return markdown
+    lines = markdown.splitlines()
+    kept: list[str] = []
+    for count, line in enumerate(lines):
+        note = f"\n\n… {len(lines) - count} more line(s): {more}"
+        if sum(len(k) + 1 for k in kept) + len(line) + 1 + len(note) > limit:
+            return "\n".join(kept) + note
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def describe(uri: str, run_id: str, markdown: str, more: str) -> None:
     """`markdown` as the run's description and as its experiment's: the first screen of the sweep's link
-    shows the results table, before anyone expands or compares runs."""
+    shows the results table, before anyone expands or compares runs. Cut to MLflow's limit, the text ends by
+    saying where the rest is (`more`)."""
     c = client(uri)
-    c.set_tag(run_id, DESCRIPTION_TAG, markdown)
-    c.set_experiment_tag(c.get_run(run_id).info.experiment_id, DESCRIPTION_TAG, markdown)
+    text = fit_description(markdown, more)
+    c.set_tag(run_id, DESCRIPTION_TAG, text)
+    c.set_experiment_tag(c.get_run(run_id).info.experiment_id, DESCRIPTION_TAG, text)
 
 
 def finish_run(uri: str, run_id: str, failed: bool = False) -> None:
