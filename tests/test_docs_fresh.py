@@ -44,3 +44,13 @@ def test_a_block_made_with_other_defaults_is_found_stale(tmp_path):
     paste(doc, Provenance("smoke", provenance.command, "2026-12-02", [current]), "| a |\n|---|\n| 3 |")
     assert stale_blocks(doc) == [] and doc.read_text().count("<!-- report ") == 1   # replaced, not appended
     assert doc.read_text().startswith("# notes\n")
+
+
+def test_one_block_per_experiments_baseline_and_score():
+    """The same sweeps compared with two baselines are two blocks; the same report run again is its own block."""
+    from orchestrator.tracking.report import block_name
+
+    assert block_name(["methods"], ["train.method=unimatch"], "final") == "methods@vs:train.method=unimatch@final"
+    assert block_name(["methods"], ["train.method=supervised"], "final") != block_name(
+        ["methods"], ["train.method=unimatch"], "final")
+    assert block_name(["methods", "naive_ood"], None, "best") == "methods+naive_ood"

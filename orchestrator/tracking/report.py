@@ -288,7 +288,7 @@ def provenance(uri: str, names: list[str], parents: list[str], title: str, comma
                             f"cannot be pasted with a fingerprint. Fix: run the sweep again, then report --into.")
         runs.append({"experiment": name, "space": tags["space_file"], "sets": json.loads(tags.get("sets") or "{}"),
                      "fingerprint": tags["defaults_fingerprint"]})
-    return Provenance(title.replace(" ", ""), command, datetime.date.today().isoformat(), runs)
+    return Provenance(title, command, datetime.date.today().isoformat(), runs)
 
 
 def report_markdown(title: str, groups: list[Group], keys: list[str], cmp: Comparison = NO_COMPARISON) -> str:
@@ -310,6 +310,13 @@ def report_markdown(title: str, groups: list[Group], keys: list[str], cmp: Compa
     if per_class:
         parts += [f"\n{cmp.score.per_class_label}, mean ± std over seeds:\n", per_class]
     return "\n".join(parts)
+
+
+def block_name(names: list[str], baseline: list[str] | None, score: str) -> str:
+    """The name of a pasted block: one per experiments, baseline and score, so that a document can hold the same
+    sweeps compared with two baselines, and running the same report again replaces its own block."""
+    name = "+".join(names) + "".join(f"@vs:{b}" for b in baseline or []) + ("" if score == "best" else f"@{score}")
+    return "".join(name.split())
 
 
 def write_report(uri: str, experiments: list[str] | str, out_dir: Path, baseline: list[str] | None = None,
@@ -339,8 +346,8 @@ def write_report(uri: str, experiments: list[str] | str, out_dir: Path, baseline
             raise atomic.no_space_error(out_dir, "writing the report") from None
         raise
     if into is not None:
-        paste(into, provenance(uri, names, parents, title, command), report_markdown(title, groups, keys, cmp)
-              .split("\n", 1)[1])   # the block has its own heading line
+        paste(into, provenance(uri, names, parents, block_name(names, baseline, score), command),
+              report_markdown(title, groups, keys, cmp).split("\n", 1)[1])   # the block has its own heading line
     metrics = gain_metrics(groups, keys, cmp)
     for parent in parents:
         mlflow_runs.log_files(uri, parent, files, "report")
