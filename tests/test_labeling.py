@@ -233,7 +233,11 @@ def _racer(tmp_path: Path, address: str, cache: Path, ckpt: str, ood: Path, log:
     script = tmp_path / "racer.py"
     if not script.exists():
         script.write_text(RACER.format(tests=str(Path(__file__).parent), address=address))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    from orchestrator.runtime import CLUSTER_SWITCH
+
+    # A client of the session's private Ray, which listens on 127.0.0.1 only: with Ray's cluster switch on, Ray
+    # would rewrite that address to the machine's outward one and never reach it (orchestrator/runtime.py).
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, CLUSTER_SWITCH: "0"}
     return subprocess.Popen([sys.executable, str(script), str(cache), ckpt, str(ood), str(log), tag, str(delay)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 

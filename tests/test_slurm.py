@@ -238,7 +238,7 @@ def test_smoke_sweep_on_slurm_and_a_cancelled_job_leaves_nothing(local_slurm, sh
     a = submit("slurm_smoke", {})
     wait_for(local_slurm, a, output(a), "OOD labels:")           # the labels are in the cache: B reuses them
     b = submit("slurm_cancel", {"train.epochs": 20})              # beside A on the same node: its own ports
-    wait_for(local_slurm, b, output(b), "started with configuration")
+    wait_for(local_slurm, b, output(b), "epoch 1: val_miou")           # its trials are training
     subprocess.run(["scancel", str(b)], env=env, check=True)
     seconds = wait_gone(local_slurm, b, timeout_s=90)
     assert local_slurm.job_field(b, "JobState") == "CANCELLED"
