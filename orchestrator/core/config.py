@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable, ClassVar, Literal, get_args
 
 from orchestrator.core.config_roles import (DECIDES_LABELS, DIAGNOSTICS, ENCODER, EXPERIMENT, FAULT_TOLERANCE,
                                           INERT_WITHOUT_OOD, INERT_WITHOUT_TEACHER_LABELS, LABELS, PURPOSES,
@@ -531,3 +531,21 @@ def allowed_values_help() -> str:
         return f"{key} = {' | '.join([*values, *plugin])}"
 
     return "keys with fixed values: " + "; ".join(listing(key, values) for key, values in CHOICES.items())
+
+
+@dataclass(frozen=True)
+class KeyedRequest:
+    """The values a config has on the keys of one role (`KEYS`): equal requests share one cached product, such as a
+    label set or a pretrained encoder (hashable, picklable). Subclasses set KEYS and WHAT."""
+    values: tuple[tuple[str, Any], ...]
+    KEYS: ClassVar[tuple[str, ...]] = ()
+    WHAT: ClassVar[str] = "request"   # names the source in a validation error
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig):
+        flat = flatten(cfg)
+        return cls(tuple((key, flat[key]) for key in cls.KEYS))
+
+    def config(self) -> ExperimentConfig:
+        """A config holding only the request's values (defaults elsewhere): all that the product may read."""
+        return build_config(dict(self.values), self.WHAT)

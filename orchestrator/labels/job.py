@@ -8,11 +8,11 @@ split) is applied when training reads the labels, so sweeping it never re-runs t
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.config import ExperimentConfig, build_config, flatten, keys_with
+from orchestrator.core.config import ExperimentConfig, KeyedRequest, keys_with
 from orchestrator.core.config_roles import LABELS
 from orchestrator.core.digest import digest_json
 from orchestrator.data.plan import dataset_root, ood_corpus, teacher_vocabulary
@@ -28,19 +28,10 @@ from orchestrator.teachers.registry import folder_name, is_builtin, label_key_ex
 LABEL_KEYS: tuple[str, ...] = keys_with(LABELS)
 
 
-@dataclass(frozen=True)
-class LabelRequest:
-    """The values of LABEL_KEYS: equal requests share one cache entry (hashable, picklable)."""
-    values: tuple[tuple[str, Any], ...]
-
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "LabelRequest":
-        flat = flatten(cfg)
-        return cls(tuple((key, flat[key]) for key in LABEL_KEYS))
-
-    def config(self) -> ExperimentConfig:
-        """A config holding only the request's values (defaults elsewhere): all that the key may read."""
-        return build_config(dict(self.values), "label request")
+class LabelRequest(KeyedRequest):
+    """The values of LABEL_KEYS: equal requests share one cache entry."""
+    KEYS = LABEL_KEYS
+    WHAT = "label request"
 
 
 def label_job(cfg: ExperimentConfig, cache_root: Path) -> LabelingJob:

@@ -15,11 +15,10 @@ else in this process.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.config import ExperimentConfig, build_config, flatten, keys_with
+from orchestrator.core.config import ExperimentConfig, KeyedRequest, flatten, keys_with
 from orchestrator.core.config_roles import ENCODER
 from orchestrator.core.digest import checksum_problem, digest_json, file_checksum
 from orchestrator.core.errors import UserError
@@ -32,18 +31,10 @@ PRETRAIN_VERSION = "1"   # bump when trainables.pretrain changes what it learns:
 ENCODER_KEYS: tuple[str, ...] = keys_with(ENCODER)
 
 
-@dataclass(frozen=True)
-class EncoderRequest:
-    """The values of ENCODER_KEYS: equal requests share one pretrained encoder (hashable, picklable)."""
-    values: tuple[tuple[str, Any], ...]
-
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "EncoderRequest":
-        flat = flatten(cfg)
-        return cls(tuple((key, flat[key]) for key in ENCODER_KEYS))
-
-    def config(self) -> ExperimentConfig:
-        return build_config(dict(self.values), "encoder request")
+class EncoderRequest(KeyedRequest):
+    """The values of ENCODER_KEYS: equal requests share one pretrained encoder."""
+    KEYS = ENCODER_KEYS
+    WHAT = "encoder request"
 
 
 def wants_pretraining(cfg: ExperimentConfig) -> bool:
